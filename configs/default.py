@@ -1,0 +1,96 @@
+"""Every configuration field of diffusion_jax, with its meaning and unit.
+
+Experiment files (cifar10.py, digits.py, ...) import `get_config()` from here and override.
+Any field can be changed from the command line, e.g.
+  python main.py --config=configs/cifar10.py --workdir=/tmp/c10 --config.training.batch_size=64
+The config is locked: a misspelt field fails with a suggestion instead of being ignored.
+The defaults are DDPM's CIFAR-10 setup (Ho et al. 2020, Appendix B).
+"""
+
+from ml_collections import config_dict
+
+
+def get_config() -> config_dict.ConfigDict:
+  """Returns the default configuration."""
+  config = config_dict.ConfigDict()
+  config.seed = 0  # Seeds parameter init, timesteps, noise, dropout and the data order.
+
+  # --- Data: read by diffusion_jax.input_pipeline. -----------------------------------------
+  config.data = data = config_dict.ConfigDict()
+  data.dataset = "cifar10"  # TFDS name; "digits" is the embedded 8x8 sklearn digits set.
+  data.image_size = 32  # Side of the square images fed to the model, pixels.
+  data.num_channels = 3  # Image channels C (3 RGB, 1 grey).
+  data.random_flip = True  # Random horizontal flips during training.
+  data.data_dir = config_dict.placeholder(str)  # TFDS data_dir; None = TFDS's default.
+  data.train_split = "train"  # TFDS split used for training.
+  data.eval_split = "test"  # TFDS split used by --mode=eval.
+
+  # --- Model: the U-Net's constructor arguments (diffusion_jax.models.UNet). ----------------
+  # Its output channels (out_ch) follow from data.num_channels and diffusion.var_type.
+  config.model = model = config_dict.ConfigDict()
+  model.ch = 128  # Base channel count.
+  model.ch_mult = (1, 2, 2, 2)  # Channel multiplier per resolution; len - 1 downsamplings.
+  model.num_res_blocks = 2  # Residual blocks per resolution.
+  model.attn_resolutions = (16,)  # Resolutions (pixels) at which self-attention is applied.
+  model.dropout = 0.1  # Dropout rate inside the residual blocks.
+  model.resamp_with_conv = True  # Conv after nearest upsampling and strided-conv downsampling.
+  model.num_heads = 1  # Attention heads (ignored when num_head_channels > 0).
+  model.num_head_channels = -1  # Channels per attention head; -1 = use num_heads.
+  model.resblock_updown = False  # BigGAN-style residual up/downsampling (ADM).
+  model.use_scale_shift_norm = False  # AdaGN timestep conditioning (ADM).
+  model.skip_rescale = False  # Divide residual sums by sqrt(2) (ADM).
+  model.num_classes = config_dict.placeholder(int)  # Class-conditional with this many classes.
+  model.dtype = "float32"  # Computation dtype of the U-Net ("float32" or "bfloat16").
+  model.temb_convention = "ddpm"  # Timestep embedding: ddpm | improved (improved-diffusion).
+  model.norm_groups = 32  # GroupNorm groups; must divide every ch * ch_mult[i].
+  model.norm_eps = 1e-6  # GroupNorm epsilon (1e-6 DDPM, 1e-5 ADM).
+  model.downsample_padding = 0  # Stride-2 conv padding: 0 = DDPM's (0, 1), 1 = ADM's symmetric.
+
+  # --- Diffusion process and objective (diffusion_jax.schedules / losses). -------------------
+  config.diffusion = diffusion = config_dict.ConfigDict()
+  diffusion.beta_schedule = "linear"  # linear | quad | const | jsd | warmup10 | warmup50 | cosine | linear_scaled.
+  diffusion.num_timesteps = 1000  # T, the number of diffusion steps.
+  diffusion.mean_type = "eps"  # What the network predicts: eps | x0 | mean | v.
+  diffusion.var_type = "fixedlarge"  # Reverse variance: fixedlarge | fixedsmall | learned | learned_range.
+  diffusion.loss_type = "mse"  # mse (L_simple) | rescaled_mse (L_hybrid) | kl | rescaled_kl.
+
+  # --- Training (diffusion_jax.train). -------------------------------------------------------
+  config.training = training = config_dict.ConfigDict()
+  training.batch_size = 128  # GLOBAL batch size: summed over all devices and hosts.
+  training.num_train_steps = 800_000  # Optimizer steps in total (a resumed run continues).
+  training.learning_rate = 2e-4  # Adam peak learning rate.
+  training.warmup_steps = 5000  # Linear learning-rate warmup from 0, steps.
+  training.grad_clip = 1.0  # Clip gradients to this global L2 norm; <= 0 disables.
+  training.adam_b1 = 0.9  # Adam beta1.
+  training.adam_b2 = 0.999  # Adam beta2.
+  training.adam_eps = 1e-8  # Adam epsilon.
+  training.ema_decay = 0.9999  # EMA of the parameters: ema = decay * ema + (1 - decay) * params.
+  training.timestep_sampler = "uniform"  # t ~ uniform | loss_second_moment (Improved DDPM Sec. 3.3).
+  training.log_every_steps = 100  # TensorBoard scalars (loss, grad norm, lr, steps/s), steps.
+  training.checkpoint_every_steps = 10_000  # Checkpoint period, steps (also at the end).
+  training.sample_every_steps = 50_000  # Sample-grid period with the EMA params, steps; 0 = never.
+  training.num_grid_samples = 64  # Images in each sample grid.
+  training.keep_checkpoints = 3  # Keep the last N checkpoints.
+
+  # --- Sampling: the periodic grids and --mode=sample (diffusion_jax.samplers.sample). -------
+  config.sampling = sampling = config_dict.ConfigDict()
+  sampling.sampler = "ancestral"  # Sampler name (diffusion_jax.samplers.SAMPLERS).
+  sampling.num_steps = config_dict.placeholder(int)  # Model evaluations; None = all T steps.
+  sampling.eta = 0.0  # DDIM stochasticity (DDIM-family samplers only).
+  sampling.clip_denoised = True  # Clip the predicted x_0 to [-1, 1] at every step.
+  sampling.num_samples = 64  # --mode=sample: images written to samples/<step>/samples.npz.
+  sampling.batch_size = 64  # GLOBAL images per sampling call (divisible by the device count).
+  sampling.checkpoint_step = config_dict.placeholder(int)  # Checkpoint to use; None = latest.
+
+  # --- Evaluation: --mode=eval and the end of training. --------------------------------------
+  config.eval = eval_config = config_dict.ConfigDict()
+  # Test-set negative log-likelihood (DDPM Table 2) via losses.calc_bpd_loop over eval_split.
+  eval_config.batch_size = 128  # GLOBAL batch size of the bits/dim loop.
+  eval_config.num_batches = config_dict.placeholder(int)  # Batches to evaluate; None = whole split.
+  eval_config.clip_denoised = True  # Clip pred_x0 inside the reverse means of the bound.
+  eval_config.checkpoint_step = config_dict.placeholder(int)  # Checkpoint to use; None = latest.
+  # Sample quality after training (only the digits Frechet distance for now; FID / IS /
+  # precision-recall go here when diffusion_jax.evaluation wires them in).
+  eval_config.sample_quality_at_end = False  # Sample and score once training finishes.
+  eval_config.num_quality_samples = 1000  # Samples scored by that evaluation.
+  return config
