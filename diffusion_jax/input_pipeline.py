@@ -112,15 +112,16 @@ def _not_prepared_message(name: str, data_dir: Optional[str], builder) -> str:
   where = data_dir or "the default TFDS data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
   dd = data_dir or "DATA_DIR"
   if name.startswith("celeb_a_hq"):
-    how = (f"CelebA-HQ needs a manual download. {builder.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}\n"
-           f"Then run: tfds build {name} --manual_dir=MANUAL_DIR --data_dir={dd}")
+    how = (f"CelebA-HQ needs a manual download: {builder.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}\n"
+           f"Put those files in MANUAL_DIR, then run `tfds build {name} "
+           f"--manual_dir=MANUAL_DIR --data_dir={dd}`")
   else:
-    how = (f"Prepare it on a machine with internet access: `tfds build {name} --data_dir={dd}` "
-           f"(or `tfds.builder('{name}', data_dir='{dd}').download_and_prepare()`) and copy "
-           f"{dd}/{name.split('/')[0]} here")
+    how = (f"Prepare it where there is internet access with `tfds build {name} --data_dir={dd}` "
+           f"(or `tfds.builder('{name}', data_dir='{dd}').download_and_prepare()`), copying "
+           f"that directory here if needed")
   return (f"TFDS dataset {name!r} (`data.dataset`) is not prepared in {where} "
-          f"(`data.data_dir`); this pipeline never downloads. {how}; then set "
-          f"`data.data_dir` to that directory.")
+          f"(`data.data_dir`), and this pipeline never downloads. {how}; then point "
+          f"`data.data_dir` at that directory.")
 
 
 def _tfds_builder(data_config):
@@ -129,26 +130,16 @@ def _tfds_builder(data_config):
   name = _field(data_config, "dataset")
   data_dir = _field(data_config, "data_dir")
   builder = tfds.builder(name, data_dir=data_dir)
-  if not builder.is_prepared():
-    if name == "digits":
-      builder.download_and_prepare()  # Offline: the data ship with scikit-learn.
-    else:
-      raise FileNotFoundError(_not_prepared_message(name, data_dir, builder))
+  if name == "digits" and not builder.is_prepared():
+    builder.download_and_prepare()  # Offline: the data ship with scikit-learn.
+  # Other datasets: `as_dataset` reports missing data (see `_tfds_source`); checking here with
+  # `is_prepared()` would also reject `tfds.testing.mock_data`, which serves data from no files.
   channels = builder.info.features["image"].shape[-1]
   num_channels = _field(data_config, "num_channels")
   if channels != num_channels:
     raise ValueError(f"Dataset {name!r} has {channels}-channel images but `data.num_channels`="
                      f"{num_channels}; set `data.num_channels={channels}`.")
   return builder
-
-
-def _check_split(builder, split: str, field: str) -> None:
-  try:
-    builder.info.splits[split]  # pylint: disable=pointless-statement
-  except (KeyError, ValueError, AssertionError, TypeError) as e:
-    raise ValueError(f"Split {split!r} (`{field}`) is not a valid split of "
-                     f"{builder.info.name!r}; its splits are {list(builder.info.splits.keys())} "
-                     f"(TFDS slicing like 'train[:90%]' also works).") from e
 
 
 def _tfds_source(data_config, split: str, field: str, *, train: bool, seed: int):
@@ -161,27 +152,40 @@ def _tfds_source(data_config, split: str, field: str, *, train: bool, seed: int)
     the same five things.
   """
   builder = _tfds_builder(data_config)
-  _check_split(builder, split, field)
   parts = tfds.even_splits(split, jax.process_count())
   local = parts[jax.process_index()]
-  ds = builder.as_dataset(
-      # Ordered datasets (digits: one shard) refuse file shuffling; examples are shuffled below.
-      split=local, shuffle_files=train and not builder.info.disable_shuffling,
-      decoders={"image": tfds.decode.SkipDecoding()},
-      read_config=tfds.ReadConfig(shuffle_seed=seed if train else None))
+  try:
+    ds = builder.as_dataset(
+        split=local,
+        # Ordered datasets (digits: one shard) refuse file shuffling; examples are shuffled below.
+        shuffle_files=train and not builder.info.disable_shuffling,
+        decoders={"image": tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(shuffle_seed=seed if train else None))
+  except AssertionError as e:
+    if "could not find data" not in str(e):
+      raise
+    name = _field(data_config, "dataset")
+    raise FileNotFoundError(
+        _not_prepared_message(name, _field(data_config, "data_dir"), builder)) from e
+  except (KeyError, ValueError) as e:
+    raise ValueError(f"Split {split!r} (`{field}`) is not a valid split of "
+                     f"{builder.info.name!r}; its splits are {list(builder.info.splits.keys())} "
+                     f"(TFDS slicing like 'train[:90%]' also works). TFDS said: {e}") from e
   has_label = "label" in builder.info.features
   image_feature = builder.info.features["image"]
 
   def fmt(ex):
     return {"image": image_feature.decode_example(ex["image"]),
-            "label": tf.cast(ex["label"], tf.int32) if has_label else tf.constant(0, tf.int32)}
+            "label": tf.cast(ex["label"], tf.int32)}
 
   # Decoding is deferred to after caching/shuffling, so the shuffle buffer holds encoded bytes.
   ds = ds.map(lambda ex: {"image": ex["image"],
                           "label": ex["label"] if has_label else tf.constant(0, tf.int64)})
   card = int(ds.cardinality())
   local_n = card if card >= 0 else builder.info.splits[local].num_examples
-  max_n = max([local_n] + [builder.info.splits[p].num_examples for p in parts])
+  max_n = local_n
+  if len(parts) > 1:  # Only multi-process eval needs the other processes' counts.
+    max_n = max([local_n] + [builder.info.splits[p].num_examples for p in parts])
   small = _field(data_config, "dataset") in _SMALL_DATASETS
   return ds, fmt, local_n, small, max_n
 

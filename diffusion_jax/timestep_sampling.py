@@ -208,10 +208,9 @@ def update_loss_history(history: LossHistory, t: jnp.ndarray, losses: jnp.ndarra
 
   # New entry i lands at (old count + rank - dropped) of its row; a negative slot means a
   # later entry of the same t in this batch pushed it out, so it is dropped.
-  row = jnp.where(valid, t_safe, num_timesteps)
-  counts_at = history.counts[jnp.minimum(row, num_timesteps - 1)]
-  dest = counts_at + rank - dropped[jnp.minimum(row, num_timesteps - 1)]
-  row = jnp.where(dest >= 0, row, num_timesteps)
+  t_clip = jnp.minimum(t_safe, num_timesteps - 1)
+  dest = history.counts[t_clip] + rank - dropped[t_clip]
+  row = jnp.where(dest >= 0, t_safe, num_timesteps)
   new_losses = new_losses.at[row, jnp.maximum(dest, 0)].set(losses, mode="drop")
 
   return LossHistory(losses=new_losses, counts=jnp.minimum(total, hist_len).astype(jnp.int32))
