@@ -9,7 +9,6 @@ TensorFlow's own `resize_bilinear` (the op the original TTUR graph used).
 """
 import importlib
 import importlib.util
-import os
 import sys
 import types
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -361,7 +362,7 @@ def file_sha256(path: str) -> str:
   return h.hexdigest()
 
 
-def load_inception_params(path: Optional[str]) -> Tuple[Variables, Dict[str, str]]:
+def load_inception_params(path: Optional[str]) -> Tuple[Variables, Dict[str, Any]]:
   """Loads the FID Inception weights from a local `.pth` or `.npz` file. Never downloads.
 
   Args:
@@ -392,8 +393,12 @@ def load_inception_params(path: Optional[str]) -> Tuple[Variables, Dict[str, str
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
     source_sha = sha
   variables = convert_torch_state_dict(state_dict)
+  if not source_sha.startswith(KNOWN_SHA256_PREFIX):
+    logging.warning("Inception weights %s have SHA-256 %s, not the published file's prefix %s: "
+                    "scores will not be comparable with published FIDs.", path, source_sha,
+                    KNOWN_SHA256_PREFIX)
   return variables, {"path": os.path.abspath(path), "sha256": sha, "source_sha256": source_sha,
-                     "known_published_file": str(source_sha.startswith(KNOWN_SHA256_PREFIX))}
+                     "known_published_file": source_sha.startswith(KNOWN_SHA256_PREFIX)}
 
 
 def save_npz_weights(state_dict: Mapping[str, Any], out_path: str,
@@ -427,6 +432,7 @@ class InceptionExtractor:
     devices = list(devices) if devices is not None else jax.local_devices()
     n = len(devices)
     self.batch_size = max(n, -(-batch_size // n) * n)  # round up to a multiple of the devices
+    self.feature_dim = POOL3_DIM
     self.weights_info = weights_info or {}
     mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
     self._data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))

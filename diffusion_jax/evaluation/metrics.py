@@ -19,6 +19,7 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.special
 
 
 def _as_float64(x, name: str, ndim: int) -> np.ndarray:
@@ -43,7 +44,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   d^2 = ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^{1/2})   (Heusel et al., eq. 6)
 
   Tr((sigma1 sigma2)^{1/2}) is computed as the sum of sqrt(eigenvalues) of the symmetric PSD
-  matrix sigma1^{1/2} sigma2 sigma1^{1/2}, which has the same eigenvalues as sigma1 sigma2.
+  matrix B^T sigma2 B, where sigma1 = B B^T (B = Cholesky factor, or the PSD square root when
+  sigma1 is singular); it has the same eigenvalues as sigma1 sigma2.
   This never leaves the reals and needs no epsilon offset, so rank-deficient covariances
   (fewer samples than feature dimensions) are handled exactly, where `scipy.linalg.sqrtm` of the
   non-symmetric product can return complex values or NaN. On well-conditioned inputs the result
@@ -72,8 +74,15 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   # Symmetrize: covariances accumulated in floating point are symmetric only up to round-off.
   sigma1 = 0.5 * (sigma1 + sigma1.T)
   sigma2 = 0.5 * (sigma2 + sigma2.T)
-  sqrt1 = _psd_sqrt(sigma1)
-  m = sqrt1 @ sigma2 @ sqrt1
+  try:
+    # sigma1 = L L^T: L^T sigma2 L has the eigenvalues of sigma1 sigma2 and costs one Cholesky
+    # instead of a full eigendecomposition (the common case: more samples than dimensions).
+    chol = np.linalg.cholesky(sigma1)
+    m = chol.T @ sigma2 @ chol
+  except np.linalg.LinAlgError:
+    # Singular sigma1 (e.g. fewer samples than dimensions): the PSD square root always exists.
+    sqrt1 = _psd_sqrt(sigma1)
+    m = sqrt1 @ sigma2 @ sqrt1
   eig = np.linalg.eigvalsh(0.5 * (m + m.T))
   tr_covmean = np.sum(np.sqrt(np.clip(eig, 0.0, None)))
   diff = mu1 - mu2
@@ -106,7 +115,8 @@ def inception_score(logits, *, num_splits: int = 10) -> Tuple[float, float]:
   for i in range(num_splits):
     part_log_p = log_p[i * n // num_splits:(i + 1) * n // num_splits]
     part_p = p[i * n // num_splits:(i + 1) * n // num_splits]
-    log_py = np.log(np.mean(part_p, axis=0, keepdims=True))
+    # log p(y) = log mean_x p(y|x), via logsumexp so classes no sample predicts stay finite.
+    log_py = scipy.special.logsumexp(part_log_p, axis=0, keepdims=True) - np.log(len(part_p))
     kl = np.sum(part_p * (part_log_p - log_py), axis=1)
     scores.append(np.exp(np.mean(kl)))
   return float(np.mean(scores)), float(np.std(scores))

@@ -95,8 +95,13 @@ def save_reference_stats(path: str, stats: ReferenceStats) -> None:
   os.replace(tmp, path)
 
 
-def load_reference_stats(path: Optional[str]) -> ReferenceStats:
-  """Reads reference statistics written by `compute_reference_stats` (or TTUR/pytorch-fid `.npz`)."""
+def load_reference_stats(path: Optional[str], dim: int = inception.POOL3_DIM) -> ReferenceStats:
+  """Reads reference statistics written by `compute_reference_stats` (or TTUR/pytorch-fid `.npz`).
+
+  Args:
+    path: the `.npz` (`config.eval.reference_stats`).
+    dim: the feature dimension the statistics must have (2048 for Inception pool3).
+  """
   if not path:
     raise ValueError("`config.eval.reference_stats` is not set.\n" + FID_STATS_HELP)
   if not os.path.isfile(path):
@@ -110,11 +115,11 @@ def load_reference_stats(path: Optional[str]) -> ReferenceStats:
     sigma = np.asarray(data["sigma"], np.float64)
     features = np.asarray(data["features"], np.float32) if "features" in data.files else None
     meta = json.loads(str(data["metadata"])) if "metadata" in data.files else {}
-  d = inception.POOL3_DIM
+  d = dim
   if mu.shape != (d,) or sigma.shape != (d, d):
     raise ValueError(f"`{path}` (config.eval.reference_stats) holds mu {mu.shape} and sigma "
-                     f"{sigma.shape}; FID needs Inception pool3 statistics, mu ({d},) and sigma "
-                     f"({d}, {d}).\n" + FID_STATS_HELP)
+                     f"{sigma.shape}; the features here need statistics with mu ({d},) and sigma "
+                     f"({d}, {d}) (Inception pool3: 2048).\n" + FID_STATS_HELP)
   if features is not None and (features.ndim != 2 or features.shape[1] != d):
     raise ValueError(f"`{path}`: `features` must be [M, {d}], got {features.shape}.")
   return ReferenceStats(mu, sigma, features, meta, os.path.abspath(path),
@@ -185,7 +190,6 @@ def compute_reference_stats(source: str, *, output_path: str,
   Returns:
     The `ReferenceStats` written to `output_path`.
   """
-  weights_info: Dict[str, str] = {}
   if extractor is None:
     extractor = inception.InceptionExtractor.from_file(inception_weights)
   weights_info = dict(getattr(extractor, "weights_info", {}) or {})
@@ -197,7 +201,7 @@ def compute_reference_stats(source: str, *, output_path: str,
     source_desc = {"source": os.path.abspath(source), "split": None}
   else:
     raise ValueError(f"`source`={source!r} is neither `tfds:<name>` nor an existing directory.")
-  stats = metrics.StreamingStats(inception.POOL3_DIM)
+  stats = metrics.StreamingStats(int(getattr(extractor, "feature_dim", inception.POOL3_DIM)))
   pr_feats = []
   image_shape = None
   for batch in batches:
@@ -298,11 +302,19 @@ def evaluate_sample_quality(sample_batch_fn: SampleBatchFn, *, num_samples: int,
   if batch_size < 1:
     raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
   # Load (and validate) everything that can fail before spending time on sampling.
-  ref = load_reference_stats(_cfg(eval_config, "reference_stats", None))
   if extractor is None:
+    precision = str(_cfg(eval_config, "inception_precision", "highest"))
+    if precision not in ("highest", "default"):
+      raise ValueError(f"`config.eval.inception_precision`={precision!r}; allowed: 'highest' "
+                       "(float32 convolutions everywhere, the protocol) or 'default' (TF32/bf16 "
+                       "passes on GPU/TPU: faster, features differ slightly).")
     extractor = inception.InceptionExtractor.from_file(
         _cfg(eval_config, "inception_weights", None),
-        batch_size=int(_cfg(eval_config, "inception_batch_size", 200)))
+        batch_size=int(_cfg(eval_config, "inception_batch_size", 200)),
+        precision=jax.lax.Precision.HIGHEST if precision == "highest" else
+        jax.lax.Precision.DEFAULT)
+  feature_dim = int(getattr(extractor, "feature_dim", inception.POOL3_DIM))
+  ref = load_reference_stats(_cfg(eval_config, "reference_stats", None), dim=feature_dim)
   weights_info = dict(getattr(extractor, "weights_info", {}) or {})
   weights_sha = weights_info.get("source_sha256", "")
   save_samples = bool(_cfg(eval_config, "save_samples", True))
@@ -329,7 +341,9 @@ def evaluate_sample_quality(sample_batch_fn: SampleBatchFn, *, num_samples: int,
 
   base_key = jax.random.PRNGKey(seed)
   num_chunks = -(-num_samples // batch_size)
-  pool3, logits, image_shape = [], [], None
+  # pool3 is streamed into float64 mean/covariance; only the first pr_num rows are kept (P&R).
+  stats = metrics.StreamingStats(feature_dim)
+  pr_fake, logits, image_shape = [], [], None
   t0, generated = time.time(), 0
   for i in range(num_chunks):
     n = min(batch_size, num_samples - i * batch_size)
@@ -346,6 +360,8 @@ def evaluate_sample_quality(sample_batch_fn: SampleBatchFn, *, num_samples: int,
         raise ValueError(f"`sample_batch_fn(key, {n})` must return [{n}, H, W, C] with C in "
                          f"{{1, 3}}, got shape {images.shape}.")
       shape = tuple(images.shape[1:])
+      if image_shape is None:  # fail before spending time on the Inception
+        _check_reference_matches(ref, shape, weights_sha)
       images_u8 = to_uint8(images)
       feats = extractor(images_u8)
       chunk_pool3 = np.asarray(feats["pool3"], np.float32)
@@ -360,17 +376,17 @@ def evaluate_sample_quality(sample_batch_fn: SampleBatchFn, *, num_samples: int,
                    time.time() - t0)
     if image_shape is None:
       image_shape = shape
-      _check_reference_matches(ref, image_shape, weights_sha)
+      _check_reference_matches(ref, image_shape, weights_sha)  # (again, for resumed chunks)
     elif shape != image_shape:
       raise ValueError(f"chunk {i} has image shape {shape}, earlier chunks {image_shape}.")
-    pool3.append(chunk_pool3)
+    stats.update(chunk_pool3)
+    kept = sum(f.shape[0] for f in pr_fake)
+    if kept < pr_num:
+      pr_fake.append(chunk_pool3[:pr_num - kept])
     logits.append(chunk_logits)
-  pool3_all = np.concatenate(pool3)
   logits_all = np.concatenate(logits)
-  assert pool3_all.shape[0] == num_samples, (pool3_all.shape, num_samples)
+  assert stats.count == logits_all.shape[0] == num_samples, (stats.count, num_samples)
 
-  stats = metrics.StreamingStats(inception.POOL3_DIM)
-  stats.update(pool3_all)
   mu, sigma = stats.mean_cov()
   results: Dict[str, Any] = {"fid": metrics.frechet_distance(mu, sigma, ref.mu, ref.sigma)}
   results["inception_score"], results["inception_score_std"] = metrics.inception_score(
@@ -380,7 +396,7 @@ def evaluate_sample_quality(sample_batch_fn: SampleBatchFn, *, num_samples: int,
     pr_used = min(pr_num, num_samples, ref.features.shape[0])
     if pr_used > pr_k:
       results["precision"], results["recall"] = metrics.precision_recall(
-          ref.features[:pr_used], pool3_all[:pr_used], k=pr_k)
+          ref.features[:pr_used], np.concatenate(pr_fake)[:pr_used], k=pr_k)
   if "precision" not in results:
     logging.warning("precision/recall skipped: the reference statistics hold no real features "
                     "(recompute them with num_pr_features > 0) or pr_num_samples is 0.")
@@ -395,7 +411,9 @@ def evaluate_sample_quality(sample_batch_fn: SampleBatchFn, *, num_samples: int,
       "inception": {"network": "FID InceptionV3 (TF graph 2015-12-05)",
                     "resize": "tf1_bilinear_299 (align_corners=False, no half-pixel centers)",
                     "scaling": "(x - 128) / 128", "fid_feature": "pool3 [2048]",
-                    "is_feature": "logits without bias [1008]", **weights_info},
+                    "is_feature": "logits without bias [1008]",
+                    "precision": str(_cfg(eval_config, "inception_precision", "highest")),
+                    **weights_info},
       "reference": {"path": ref.path, "sha256": ref.sha256, **ref.metadata},
       "inception_score_splits": min(num_splits, num_samples),
       "precision_recall": {"k": pr_k, "num_samples": pr_used} if "precision" in results else None,
