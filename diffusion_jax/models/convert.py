@@ -176,8 +176,9 @@ def check_params(model: Any, params: Params, sample_shape: tuple[int, int, int])
 def unet_kwargs_from_diffusers_config(config: Mapping[str, Any]) -> dict[str, Any]:
   """Maps a diffusers `UNet2DModel` config (its config.json) to `UNet(**kwargs)` fields.
 
-  Raises ValueError for the features `UNet` does not implement (Fourier/learned time
-  embeddings, other activations, input centering, skip-connection blocks, ...).
+  Missing keys take diffusers' defaults (as `UNet2DModel(**config)` would). Raises ValueError
+  for the features `UNet` does not implement (Fourier/learned time embeddings, other
+  activations, input centering, skip-connection blocks, ...).
   """
   def get(name, default=None):
     return config.get(name, default)
@@ -240,7 +241,7 @@ def unet_kwargs_from_diffusers_config(config: Mapping[str, Any]) -> dict[str, An
   require(len(updown) == 1, "a mix of conv and resnet up/down sampling")
   if attn_levels and sample_size is None:
     raise ValueError("diffusers config: sample_size is needed to place attention layers.")
-  head_dim = get("attention_head_dim")
+  head_dim = get("attention_head_dim", 8)  # diffusers' default when the key is absent
   num_classes = get("num_class_embeds")
   return dict(
       ch=ch,

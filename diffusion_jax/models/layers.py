@@ -110,6 +110,7 @@ class GroupNorm(nn.Module):
 
 def conv(features: int, *, kernel: int = 3, stride: int = 1, padding: Any = "SAME",
           init_scale: float = 1.0, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Conv:
+  """A kxk conv with DDPM init, float32 params and `dtype` compute (NHWC, kernel [k, k, I, O])."""
   return nn.Conv(
       features, (kernel, kernel), strides=(stride, stride), padding=padding,
       kernel_init=default_init(init_scale), dtype=dtype, param_dtype=jnp.float32, name=name)
@@ -117,6 +118,7 @@ def conv(features: int, *, kernel: int = 3, stride: int = 1, padding: Any = "SAM
 
 def dense(features: int, *, init_scale: float = 1.0, dtype: Dtype = jnp.float32,
            name: str | None = None) -> nn.Dense:
+  """A Dense (also the 1x1 "NIN" layers) with DDPM init, float32 params, `dtype` compute."""
   return nn.Dense(features, kernel_init=default_init(init_scale), dtype=dtype,
                   param_dtype=jnp.float32, name=name)
 
