@@ -1,0 +1,359 @@
+"""Fast samplers: accuracy on an exact denoiser, Analytic-DPM's bound, and speed against diffusers.
+
+  python -m bench.samplers                          # all three parts, small defaults (minutes)
+  python -m bench.samplers --parts=accuracy --nfe=10,15,20,50,100
+  python -m bench.samplers --parts=speed --speed_models=digits,cifar10 --cifar_batch=8
+
+accuracy: data is a Gaussian mixture, so E[x_0 | x_t] is exact and any error is the sampler's.
+  Every sampler starts from the same x_T at step T-1 of the linear T = 1000 schedule; its result
+  is compared with the exact probability-flow ODE solution from the same x_T, integrated in
+  float64 with scipy's DOP853 (rtol 1e-11) in the EDM form dy/ds = (y - D(y; s)) / s, y = x/alpha,
+  s = sigma/alpha. Samplers ending with a jump to sigma = 0 (final=zero; DDIM always) are compared
+  with the ODE solution at sigma = 0, samplers stopping at sigma_min with the solution at step 0.
+  Error: RMS over all pixels of the batch. "slope" is the least-squares slope of log(error) vs
+  log(NFE), the empirical convergence order.
+analytic: the variational bound (bits/dim) of the DDPM-type reverse process on K-step sub-chains
+  with fixedlarge, fixedsmall and Analytic-DPM variances (same x_t draws for all three; the mixture
+  samples are quantized to 8 bits; Gamma_n from 512 Monte-Carlo samples).
+speed: samples/s of whole sampling loops, our jitted samplers vs diffusers' schedulers driving the
+  same-config PyTorch UNet2DModel (randomly initialised: speed does not depend on the weights),
+  converted weights so both compute the same function; alternated runs, medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_jax import losses, schedules
+from diffusion_jax.gaussian_mixture import GaussianMixture
+from diffusion_jax.samplers import analytic, ddim, dpm_solver, grids
+
+T = 1000
+
+
+# ------------------------------------------------------------------------------------------------
+# The exact probability-flow ODE of a Gaussian mixture, float64.
+
+
+def _responsibilities64(weights, means, stds, y: np.ndarray, s: float):
+  """Posterior component probabilities [B, K] and residuals y - mu_k [B, K, D] for y = x_0 + s n."""
+  var = stds**2 + s**2                                       # [K]
+  resid = y[:, None, :] - means[None]                        # [B, K, D]
+  dim = y.shape[-1]
+  log_lik = -0.5 * (np.sum(resid**2, -1) / var + dim * np.log(2 * np.pi * var)) + np.log(weights)
+  resp = np.exp(log_lik - log_lik.max(-1, keepdims=True))
+  return resp / resp.sum(-1, keepdims=True), resid, var
+
+
+def mixture_denoiser64(weights, means, stds, y: np.ndarray, s: float) -> np.ndarray:
+  """E[x_0 | y] for y = x_0 + s n (y = x_t / alpha, s = sigma / alpha), float64 [B, D]."""
+  resp, resid, var = _responsibilities64(weights, means, stds, y, s)
+  return np.einsum("bk,bkd->bd", resp, means[None] + (stds**2 / var)[None, :, None] * resid)
+
+
+def exact_pf_ode(weights, means, stds, x_start: np.ndarray, abar_start: float, abar_end: float
+                 ) -> np.ndarray:
+  """Solves the probability-flow ODE from x_start at abar_start to abar_end (1.0 = sigma 0).
+
+  In y = x / alpha, s = sigma / alpha the ODE is dy/ds = (y - D(y; s)) / s (Karras et al. Eq. 4
+  with D = E[x_0 | x]), smooth down to s = 0 for components with positive std.
+
+  Args:
+    weights [K], means [K, D], stds [K]: the mixture (float64).
+    x_start: [B, D].
+  Returns:
+    x at abar_end, float64 [B, D].
+  """
+  from scipy.integrate import solve_ivp
+  weights, means, stds = (np.asarray(a, np.float64) for a in (weights, means, stds))
+  shape = x_start.shape
+  s0 = np.sqrt((1 - abar_start) / abar_start)
+  s1 = np.sqrt((1 - abar_end) / abar_end)
+  y0 = np.asarray(x_start, np.float64) / np.sqrt(abar_start)
+
+  def rhs(s, y):
+    # (y - D(y; s)) / s = sum_k p(k | y) s / (s_k^2 + s^2) (y - mu_k): no division by s.
+    resp, resid, var = _responsibilities64(weights, means, stds, y.reshape(shape), s)
+    return np.einsum("bk,bkd->bd", resp * (s / var)[None], resid).ravel()
+
+  sol = solve_ivp(rhs, (s0, s1), y0.ravel(), method="DOP853", rtol=1e-11, atol=1e-12)
+  assert sol.success, sol.message
+  return sol.y[:, -1].reshape(shape) * np.sqrt(abar_end)
+
+
+def make_mixture(dim_shape=(4, 4, 3), num_components=4, seed=0):
+  rng = np.random.default_rng(seed)
+  weights = rng.dirichlet(np.full(num_components, 3.0))
+  means = rng.uniform(-0.7, 0.7, (num_components,) + dim_shape)
+  stds = rng.uniform(0.1, 0.3, num_components)
+  return GaussianMixture.create(weights, means, stds), (weights, means.reshape(num_components, -1), stds)
+
+
+def continuous_eps_fn(mixture: GaussianMixture, schedule: schedules.DiffusionSchedule):
+  """The mixture's exact eps at any (float) timestep of the continuous-time process."""
+  def eps(x, t):
+    abar = grids.alphas_cumprod_at(schedule, t)
+    a = abar.reshape((-1,) + (1,) * (x.ndim - 1))
+    return (x - jnp.sqrt(a) * mixture.posterior_mean(x, abar)) / jnp.sqrt(1.0 - a)
+  return eps
+
+
+# ------------------------------------------------------------------------------------------------
+# Accuracy.
+
+
+def _accuracy_methods():
+  """(name, final, fn(model, schedule, shape, x_T, nfe))."""
+  def dpm(order, method, algorithm, time_grid="logSNR", final="zero", **kw):
+    return lambda m, s, shape, x, n: dpm_solver.dpm_solver_sample(
+        m, s, shape, jax.random.PRNGKey(0), num_steps=n, order=order, method=method,
+        algorithm=algorithm, time_grid=time_grid, final=final, x_T=x, **kw)
+
+  def ddim_fn(spacing):
+    return lambda m, s, shape, x, n: ddim.ddim_sample_loop(
+        m, s, shape, jax.random.PRNGKey(0), num_steps=n, spacing=spacing, clip_denoised=False, x_T=x)
+
+  def diffusers_grid(order):
+    # diffusers' default: timesteps linspace(0, T-1, n+1).round()[::-1][:-1], then x0 jump.
+    return lambda m, s, shape, x, n: dpm_solver.dpm_solver_sample(
+        m, s, shape, jax.random.PRNGKey(0), num_steps=n, order=order, final="zero", x_T=x,
+        timesteps=np.linspace(0, T - 1, n + 1).round()[::-1][:-1])
+
+  return [
+      ("DDIM (uniform)", "zero", ddim_fn("uniform")),
+      ("DDIM (quadratic)", "zero", ddim_fn("quadratic")),
+      ("DDIM (karras)", "zero", ddim_fn("karras")),
+      ("DPM-Solver-1", "zero", dpm(1, "singlestep", "dpmsolver")),
+      ("DPM-Solver-2 (single)", "zero", dpm(2, "singlestep", "dpmsolver")),
+      ("DPM-Solver-3 (single)", "zero", dpm(3, "singlestep", "dpmsolver")),
+      ("DPM-Solver-2M", "zero", dpm(2, "multistep", "dpmsolver")),
+      ("DPM-Solver-3M", "zero", dpm(3, "multistep", "dpmsolver")),
+      ("DPM-Solver++-2 (single)", "zero", dpm(2, "singlestep", "dpmsolver++")),
+      ("DPM-Solver++-3 (single)", "zero", dpm(3, "singlestep", "dpmsolver++")),
+      ("DPM-Solver++(2M)", "zero", dpm(2, "multistep", "dpmsolver++")),
+      ("DPM-Solver++(3M)", "zero", dpm(3, "multistep", "dpmsolver++")),
+      ("DPM-Solver++(2M) time_uniform", "zero", dpm(2, "multistep", "dpmsolver++", "time_uniform")),
+      ("DPM-Solver++(2M) time_quadratic", "zero", dpm(2, "multistep", "dpmsolver++", "time_quadratic")),
+      ("DPM-Solver++(2M) karras", "zero", dpm(2, "multistep", "dpmsolver++", "karras")),
+      ("DPM-Solver++(3M) karras", "zero", dpm(3, "multistep", "dpmsolver++", "karras")),
+      ("DPM-Solver++(2M) sigma_min", "sigma_min", dpm(2, "multistep", "dpmsolver++", final="sigma_min")),
+      ("DPM-Solver++(3M) sigma_min", "sigma_min", dpm(3, "multistep", "dpmsolver++", final="sigma_min")),
+      ("DPM-Solver-3 (single) sigma_min", "sigma_min", dpm(3, "singlestep", "dpmsolver", final="sigma_min")),
+      ("DPM-Solver++(3M) sigma_min, no lower-order final", "sigma_min",
+       dpm(3, "multistep", "dpmsolver++", final="sigma_min", lower_order_final=False)),
+      ("++(2M) on diffusers' default grid", "zero", diffusers_grid(2)),
+      ("++(3M) on diffusers' default grid", "zero", diffusers_grid(3)),
+  ]
+
+
+def accuracy(nfes, batch, seed=0):
+  schedule = schedules.DiffusionSchedule.from_betas(schedules.get_beta_schedule("linear", T))
+  abar64 = np.cumprod(1 - schedules.get_beta_schedule("linear", T))
+  mixture, (w, mu, sd) = make_mixture(seed=seed)
+  shape = (batch,) + mixture.event_shape
+  model = continuous_eps_fn(mixture, schedule)
+  x_T = jax.random.normal(jax.random.PRNGKey(seed + 1), shape)
+  x_T64 = np.asarray(x_T, np.float64).reshape(batch, -1)
+  t0 = time.perf_counter()
+  refs = {"zero": exact_pf_ode(w, mu, sd, x_T64, abar64[-1], 1.0),
+          "sigma_min": exact_pf_ode(w, mu, sd, x_T64, abar64[-1], abar64[0])}
+  print(f"exact ODE solutions: {time.perf_counter() - t0:.1f}s; "
+        f"|x0(ODE, sigma=0) - x(ODE, sigma_min)| RMS = {np.sqrt(np.mean((refs['zero'] - refs['sigma_min'])**2)):.2e}")
+  rows = []
+  for name, final, fn in _accuracy_methods():
+    errs, errs_vs_data = [], []
+    for n in nfes:
+      x = np.asarray(jax.jit(lambda xt: fn(model, schedule, shape, xt, n))(x_T), np.float64).reshape(batch, -1)
+      errs.append(np.sqrt(np.mean((x - refs[final]) ** 2)))
+      errs_vs_data.append(np.sqrt(np.mean((x - refs["zero"]) ** 2)))
+    slope = -np.polyfit(np.log(nfes), np.log(errs), 1)[0]
+    rows.append((name, final, errs, slope, errs_vs_data))
+  header = "| sampler | ends | " + " | ".join(f"NFE {n}" for n in nfes) + " | slope |"
+  print("\nRMS error to the exact probability-flow ODE solution (same x_T; Gaussian mixture, "
+        f"D={int(np.prod(mixture.event_shape))}, batch {batch}, linear T=1000)\n")
+  print(header)
+  print("|" + "---|" * (len(nfes) + 3))
+  for name, final, errs, slope, _ in rows:
+    print(f"| {name} | {final} | " + " | ".join(f"{e:.2e}" for e in errs) + f" | {slope:.2f} |")
+  print("\nThe sigma_min rows measured against the ODE solution at sigma = 0 (the data) instead:")
+  for name, final, _, _, errs0 in rows:
+    if final == "sigma_min":
+      print(f"| {name} | vs sigma=0 | " + " | ".join(f"{e:.2e}" for e in errs0) + " |")
+  return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# Analytic-DPM.
+
+
+def analytic_bpd(step_counts, batch, mc_samples, seed=0):
+  betas = schedules.get_beta_schedule("linear", T)
+  schedule = schedules.DiffusionSchedule.from_betas(betas)
+  mixture, _ = make_mixture(seed=seed)
+  eps_fn = mixture.eps_model_fn(schedule)
+  data, _ = mixture.sample(jax.random.PRNGKey(seed + 2), mc_samples + batch)
+  data = jnp.clip(jnp.round((data + 1) * 127.5) / 127.5 - 1, -1, 1)   # 8-bit data for the decoder
+  x_eval, x_mc = data[:batch], data[batch:]
+  needed = np.unique(np.concatenate([ddim.resolve_timesteps(schedule, k, None) for k in step_counts]))
+  ms_eps = analytic.eps_mean_square(eps_fn, schedule, x_mc, jax.random.PRNGKey(seed + 3), timesteps=needed)
+  print(f"\nVariational bound (bits/dim) of the DDPM-type reverse process on K-step sub-chains "
+        f"(uniform grid from T-1 to 0; Gaussian mixture, 8-bit, D={int(np.prod(mixture.event_shape))}, "
+        f"{batch} test points, Gamma from {mc_samples} MC samples)\n")
+  print("| K | fixedlarge (beta) | fixedsmall (beta-tilde) | Analytic-DPM | beta-tilde <= sigma*^2 <= beta |")
+  print("|---|---|---|---|---|")
+  rows = []
+  for k in step_counts:
+    grid = ddim.resolve_timesteps(schedule, k, None)
+    sub, _ = schedules.respace(betas, grid)
+    sigma2, _ = analytic.analytic_variance(schedule, ms_eps, grid, eta=1.0)
+    log_var = np.zeros(T)
+    log_var[grid] = np.log(sigma2)
+    # The decoder (last step) keeps the fixed variances' value, as in Analytic-DPM's code, so the
+    # comparison isolates the KL terms.
+    log_var[grid[-1]] = float(sub.posterior_log_variance_clipped[0])
+    res = {}
+    for name, fn, var_type in (("fixedlarge", eps_fn, "fixedlarge"), ("fixedsmall", eps_fn, "fixedsmall"),
+                               ("analytic", analytic.with_log_variance(eps_fn, log_var), "learned")):
+      terms = losses.calc_bpd_loop(fn, sub, x_eval, jax.random.PRNGKey(seed + 4), mean_type="eps",
+                                   var_type=var_type)
+      res[name] = float(jnp.mean(terms.total_bpd))
+    small = np.asarray(sub.posterior_variance, np.float64)[::-1][:-1]
+    large = np.asarray(sub.betas, np.float64)[::-1][:-1]
+    inside = np.all(sigma2[:-1] >= small * (1 - 1e-6)) and np.all(sigma2[:-1] <= large * (1 + 1e-4))
+    rows.append((k, res))
+    print(f"| {k} | {res['fixedlarge']:.3f} | {res['fixedsmall']:.3f} | {res['analytic']:.3f} | {inside} |")
+  return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# Speed.
+
+SPEED_MODELS = {
+    "digits": dict(size=8, channels=1, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn=(4,), groups=8),
+    "cifar10": dict(size=32, channels=3, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn=(16,),
+                    groups=32),
+}
+
+
+def _torch_unet(cfg):
+  import diffusers
+  attn = [cfg["size"] // 2 ** i in cfg["attn"] for i in range(len(cfg["ch_mult"]))]
+  return diffusers.UNet2DModel(
+      sample_size=cfg["size"], in_channels=cfg["channels"], out_channels=cfg["channels"],
+      block_out_channels=tuple(cfg["ch"] * m for m in cfg["ch_mult"]),
+      down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+      up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+      layers_per_block=cfg["num_res_blocks"], attention_head_dim=None, norm_eps=1e-6,
+      norm_num_groups=cfg["groups"], flip_sin_to_cos=False, freq_shift=1, downsample_padding=0,
+      dropout=0.0).eval()
+
+
+def speed(models, batches, steps, reps, torch_threads):
+  import diffusers
+  import torch
+  diffusers.utils.logging.set_verbosity_error()
+  from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler
+  from diffusion_jax.models import UNet, convert
+  schedule = schedules.DiffusionSchedule.from_betas(schedules.get_beta_schedule("linear", T))
+  print("\nSampling speed, samples/s (CPU, randomly initialised U-Nets of the config layouts; "
+        "ours: jit, compile excluded; theirs: diffusers scheduler + UNet2DModel, torch.no_grad, "
+        f"best of torch threads {torch_threads})\n")
+  print("| model | batch | NFE | sampler | ours | diffusers | ours / diffusers |")
+  print("|---|---|---|---|---|---|---|")
+  for name in models:
+    cfg, batch, nfe = SPEED_MODELS[name], batches[name], steps[name]
+    torch.manual_seed(0)
+    tmodel = _torch_unet(cfg)
+    params = jax.device_put(convert.from_diffusers(tmodel.state_dict()))
+    net = UNet(ch=cfg["ch"], ch_mult=cfg["ch_mult"], num_res_blocks=cfg["num_res_blocks"],
+               attn_resolutions=cfg["attn"], dropout=0.0, norm_groups=cfg["groups"])
+    model_fn = lambda x, t: net.apply({"params": params}, x, t)
+    shape = (batch, cfg["size"], cfg["size"], cfg["channels"])
+    x_T = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    cases = [
+        ("DDIM (eta=0)", lambda: ddim.ddim_sample_loop(model_fn, schedule, shape, jax.random.PRNGKey(0),
+                                                       num_steps=nfe, x_T=x_T),
+         lambda: DDIMScheduler(num_train_timesteps=T, timestep_spacing="leading", set_alpha_to_one=True), {}),
+        ("DPM-Solver++(2M)", lambda: dpm_solver.dpm_solver_sample(
+            model_fn, schedule, shape, jax.random.PRNGKey(0), num_steps=nfe, order=2, x_T=x_T),
+         lambda: DPMSolverMultistepScheduler(num_train_timesteps=T, solver_order=2), {}),
+        ("DPM-Solver++(3M)", lambda: dpm_solver.dpm_solver_sample(
+            model_fn, schedule, shape, jax.random.PRNGKey(0), num_steps=nfe, order=3, x_T=x_T),
+         lambda: DPMSolverMultistepScheduler(num_train_timesteps=T, solver_order=3), {}),
+        ("DPM-Solver++-3 (singlestep)", lambda: dpm_solver.dpm_solver_sample(
+            model_fn, schedule, shape, jax.random.PRNGKey(0), num_steps=nfe, order=3,
+            method="singlestep", x_T=x_T),
+         lambda: DPMSolverSinglestepScheduler(num_train_timesteps=T, solver_order=3,
+                                              algorithm_type="dpmsolver++"), {}),
+        ("Analytic-DPM (DDPM-type)", lambda: analytic.analytic_sample_loop(
+            model_fn, schedule, shape, jax.random.PRNGKey(0), ms_eps=np.full(T, 0.5), num_steps=nfe, x_T=x_T),
+         None, {}),
+    ]
+    xt = torch.from_numpy(x_T.transpose(0, 3, 1, 2).copy())
+    for label, ours, make_sched, _ in cases:
+      ours_jit = jax.jit(ours)
+      jax.block_until_ready(ours_jit())  # compile
+
+      def theirs():
+        sched = make_sched()
+        sched.set_timesteps(nfe)
+        x = xt
+        with torch.no_grad():
+          for t in sched.timesteps:
+            x = sched.step(tmodel(x, t).sample, t, x).prev_sample
+        return x
+
+      ours_t, theirs_t = [], {n: [] for n in torch_threads}
+      for _ in range(reps):  # alternate, so background load hits both alike
+        t0 = time.perf_counter()
+        jax.block_until_ready(ours_jit())
+        ours_t.append(time.perf_counter() - t0)
+        if make_sched is not None:
+          for n in torch_threads:
+            torch.set_num_threads(n)
+            t0 = time.perf_counter()
+            theirs()
+            theirs_t[n].append(time.perf_counter() - t0)
+      o = batch / statistics.median(ours_t)
+      if make_sched is not None:
+        r = max(batch / statistics.median(v) for v in theirs_t.values())
+        print(f"| {name} | {batch} | {nfe} | {label} | {o:.2f} | {r:.2f} | {o / r:.2f} |", flush=True)
+      else:
+        print(f"| {name} | {batch} | {nfe} | {label} | {o:.2f} | n/a | |", flush=True)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--parts", default="accuracy,analytic,speed")
+  parser.add_argument("--nfe", default="10,15,20,50")
+  parser.add_argument("--batch", type=int, default=16, help="accuracy batch")
+  parser.add_argument("--analytic_steps", default="10,25,100")
+  parser.add_argument("--analytic_batch", type=int, default=128)
+  parser.add_argument("--mc_samples", type=int, default=512)
+  parser.add_argument("--speed_models", default="digits,cifar10")
+  parser.add_argument("--digits_batch", type=int, default=64)
+  parser.add_argument("--cifar_batch", type=int, default=2)
+  parser.add_argument("--digits_steps", type=int, default=20)
+  parser.add_argument("--cifar_steps", type=int, default=10)
+  parser.add_argument("--reps", type=int, default=3)
+  parser.add_argument("--torch_threads", default="1,2", help="torch thread counts tried; best reported")
+  args = parser.parse_args()
+  parts = args.parts.split(",")
+  if "accuracy" in parts:
+    accuracy([int(n) for n in args.nfe.split(",")], args.batch)
+  if "analytic" in parts:
+    analytic_bpd([int(k) for k in args.analytic_steps.split(",")], args.analytic_batch, args.mc_samples)
+  if "speed" in parts:
+    speed(args.speed_models.split(","), {"digits": args.digits_batch, "cifar10": args.cifar_batch},
+          {"digits": args.digits_steps, "cifar10": args.cifar_steps}, args.reps,
+          [int(n) for n in args.torch_threads.split(",")])
+
+
+if __name__ == "__main__":
+  main()
