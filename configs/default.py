@@ -48,11 +48,13 @@ def get_config() -> config_dict.ConfigDict:
 
   # --- Diffusion process and objective (diffusion_jax.schedules / losses). -------------------
   config.diffusion = diffusion = config_dict.ConfigDict()
-  diffusion.beta_schedule = "linear"  # linear | quad | const | jsd | warmup10 | warmup50 | cosine | linear_scaled.
+  # Beta schedule: linear | quad | const | jsd | warmup10 | warmup50 | cosine | linear_scaled.
+  diffusion.beta_schedule = "linear"
   diffusion.num_timesteps = 1000  # T, the number of diffusion steps.
   diffusion.mean_type = "eps"  # What the network predicts: eps | x0 | mean | v.
-  diffusion.var_type = "fixedlarge"  # Reverse variance: fixedlarge | fixedsmall | learned | learned_range.
-  diffusion.loss_type = "mse"  # mse (L_simple) | rescaled_mse (L_hybrid) | kl | rescaled_kl.
+  # Reverse-process variance: fixedlarge | fixedsmall | learned | learned_range.
+  diffusion.var_type = "fixedlarge"
+  diffusion.loss_type = "mse"  # mse (L_simple) | rescaled_mse (L_hybrid) | kl | rescaled_kl
 
   # --- Training (diffusion_jax.train). -------------------------------------------------------
   config.training = training = config_dict.ConfigDict()
@@ -65,7 +67,8 @@ def get_config() -> config_dict.ConfigDict:
   training.adam_b2 = 0.999  # Adam beta2.
   training.adam_eps = 1e-8  # Adam epsilon.
   training.ema_decay = 0.9999  # EMA of the parameters: ema = decay * ema + (1 - decay) * params.
-  training.timestep_sampler = "uniform"  # t ~ uniform | loss_second_moment (Improved DDPM Sec. 3.3).
+  # How t is drawn: uniform | loss_second_moment (importance sampling, Improved DDPM Sec. 3.3).
+  training.timestep_sampler = "uniform"
   training.log_every_steps = 100  # TensorBoard scalars (loss, grad norm, lr, steps/s), steps.
   training.checkpoint_every_steps = 10_000  # Checkpoint period, steps (also at the end).
   training.sample_every_steps = 50_000  # Sample-grid period with the EMA params, steps; 0 = never.

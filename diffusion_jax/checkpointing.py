@@ -60,7 +60,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: PyTree) -> None:
     step: the real optimizer step, which names the directory.
     state: unreplicated pytree of numpy arrays (e.g. a TrainState after `jax.device_get`).
   """
-  state_dict = flax.serialization.to_state_dict(state)
+  state_dict = jax.tree.map(np.asarray, flax.serialization.to_state_dict(state))
   meta = {"step": int(step), "sha256": state_digest(state_dict), "time": time.time()}
   manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state_dict),
                                                   meta=ocp.args.JsonSave(meta)), force=True)
@@ -82,7 +82,7 @@ def restore_step(manager: ocp.CheckpointManager, template: PyTree, step: int) ->
         f"No checkpoint for step {step} in {manager.directory}; available steps: "
         f"{sorted(manager.all_steps())}. Set the checkpoint_step field to one of them, or "
         "leave it unset for the latest.")
-  template_dict = flax.serialization.to_state_dict(template)
+  template_dict = jax.tree.map(np.asarray, flax.serialization.to_state_dict(template))
   try:
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(template_dict), meta=ocp.args.JsonRestore()))

@@ -62,7 +62,12 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
     if section not in config:
       _fail(section, None, "section missing; build configs on configs/default.py's get_config().")
 
-  # Data and the U-Net's resolutions.
+  # Data and the U-Net's resolutions. (The input pipeline imports TensorFlow: import it late.)
+  from diffusion_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  if config.data.dataset not in input_pipeline.DATASETS:
+    _fail("data.dataset", config.data.dataset,
+          f"unknown data set; choose one of {', '.join(input_pipeline.DATASETS)} (\"digits\" "
+          "needs no download; the others must be prepared with `tfds build <name>`).")
   _check_positive_int(config, "data.image_size")
   _check_positive_int(config, "data.num_channels")
   model = config.model

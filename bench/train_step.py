@@ -1,0 +1,200 @@
+"""Train-step throughput: our pmapped step vs the same-config PyTorch peer, same machine and run.
+
+  python -m bench.train_step                          # digits (batch 64) and cifar10 (batch 8)
+  python -m bench.train_step --configs=digits --steps=100 --rounds=3
+
+Ours: `train.make_train_step` (U-Net forward/backward, L_simple, pmean, global-norm clipping,
+Adam with warmup, EMA) pmapped over one CPU device. Peer: diffusers' `UNet2DModel` with the same
+layout (the mapping of bench/unet.py), the same loss on q_sample'd inputs, clip_grad_norm_,
+torch.optim.Adam and an EMA update. Both see one fixed in-memory batch (no input pipeline) and
+use the machine's cores (torch: --torch_threads).
+
+Each framework runs in its own subprocess (so its peak RSS is its own), alternating
+ours / peer for --rounds rounds so that load from other processes hits both alike; a round
+times --windows windows of --steps steps after a warm-up (compilation excluded) and keeps the
+fastest window. The table gives the best round: steps/s, images/s, CPU seconds per step
+(process time, robust to other processes' load), peak RSS, and ours / peer throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+BATCH = {"digits": 64, "cifar10": 8}
+
+
+def _config(name: str):
+  import importlib
+  return importlib.import_module(f"configs.{name}").get_config()
+
+
+def _timed_windows(step, steps: int, windows: int, sync) -> tuple[float, float]:
+  """Best (wall seconds, process CPU seconds) per step over `windows` windows."""
+  best = (float("inf"), float("inf"))
+  for _ in range(windows):
+    sync()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+      step()
+    sync()
+    sample = ((time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps)
+    best = min(best, sample)
+  return best
+
+
+def run_jax(name: str, batch: int, steps: int, windows: int) -> dict:
+  import jax
+  import numpy as np
+  from diffusion_jax import train, train_state
+
+  config = _config(name)
+  config.training.batch_size = batch
+  model, schedule = train.create_model(config), train.create_schedule(config)
+  tx = train_state.make_optimizer(config)
+  mesh = train.make_mesh(jax.local_devices()[:1])
+  state = train.replicate(jax.device_get(train.init_train_state(config, model, tx)), mesh)
+  p_step = train.pmap_train_step(train.make_train_step(config, model, schedule, tx), mesh)
+  size, ch = config.data.image_size, config.data.num_channels
+  rng = np.random.default_rng(0)
+  batch_data = train.shard({
+      "image": rng.uniform(-1, 1, (1, batch, size, size, ch)).astype(np.float32),
+      "label": np.zeros((1, batch), np.int32)}, mesh)
+  holder = {"state": state, "metrics": None}
+
+  def step():
+    holder["state"], holder["metrics"] = p_step(holder["state"], batch_data)
+
+  start = time.perf_counter()
+  step()
+  jax.block_until_ready(holder["metrics"])
+  compile_s = time.perf_counter() - start
+  for _ in range(3):
+    step()
+  wall, cpu = _timed_windows(step, steps, windows,
+                             lambda: jax.block_until_ready(holder["state"].params))
+  return {"wall_s": wall, "cpu_s": cpu, "compile_s": compile_s,
+          "loss": float(np.asarray(holder["metrics"]["loss"])[0])}
+
+
+def run_torch(name: str, batch: int, steps: int, windows: int, threads: int) -> dict:
+  import numpy as np
+  import torch
+  import diffusers
+  from diffusion_jax import schedules
+
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  config = _config(name)
+  m, size, ch = config.model, config.data.image_size, config.data.num_channels
+  attn = [size // 2**i in m.attn_resolutions for i in range(len(m.ch_mult))]
+  model = diffusers.UNet2DModel(
+      sample_size=size, in_channels=ch, out_channels=ch,
+      block_out_channels=tuple(m.ch * k for k in m.ch_mult),
+      down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+      up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+      layers_per_block=m.num_res_blocks, attention_head_dim=None, norm_eps=m.norm_eps,
+      norm_num_groups=m.norm_groups, flip_sin_to_cos=False, freq_shift=1,
+      downsample_padding=0, dropout=m.dropout)
+  model.train()
+  params = list(model.parameters())
+  ema = [p.detach().clone() for p in params]
+  tcfg = config.training
+  opt = torch.optim.Adam(params, lr=tcfg.learning_rate, betas=(tcfg.adam_b1, tcfg.adam_b2),
+                         eps=tcfg.adam_eps)
+  abar = np.cumprod(1 - schedules.get_beta_schedule(config.diffusion.beta_schedule,
+                                                    config.diffusion.num_timesteps))
+  sqrt_abar = torch.tensor(np.sqrt(abar), dtype=torch.float32)
+  sqrt_1m_abar = torch.tensor(np.sqrt(1 - abar), dtype=torch.float32)
+  x0 = torch.rand(batch, ch, size, size) * 2 - 1
+  holder = {}
+
+  def step():
+    t = torch.randint(0, config.diffusion.num_timesteps, (batch,))
+    noise = torch.randn_like(x0)
+    x_t = sqrt_abar[t].view(-1, 1, 1, 1) * x0 + sqrt_1m_abar[t].view(-1, 1, 1, 1) * noise
+    loss = torch.mean((model(x_t, t).sample - noise) ** 2)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
+    opt.step()
+    with torch.no_grad():
+      torch._foreach_lerp_(ema, params, 1.0 - tcfg.ema_decay)
+    holder["loss"] = loss
+
+  start = time.perf_counter()
+  step()
+  compile_s = time.perf_counter() - start
+  for _ in range(3):
+    step()
+  wall, cpu = _timed_windows(step, steps, windows, lambda: None)
+  return {"wall_s": wall, "cpu_s": cpu, "compile_s": compile_s,
+          "loss": float(holder["loss"].detach())}
+
+
+def _worker(args) -> None:
+  if args.worker == "jax":
+    out = run_jax(args.configs, args.batch, args.steps, args.windows)
+  else:
+    out = run_torch(args.configs, args.batch, args.steps, args.windows, args.torch_threads)
+  out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  print("RESULT " + json.dumps(out), flush=True)
+
+
+def _spawn(framework: str, name: str, batch: int, args) -> dict:
+  cmd = [sys.executable, "-m", "bench.train_step", f"--worker={framework}", f"--configs={name}",
+         f"--batch={batch}", f"--steps={args.steps}", f"--windows={args.windows}",
+         f"--torch_threads={args.torch_threads}"]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  env.pop("XLA_FLAGS", None)  # one CPU device, as `python main.py` sees it
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  for line in proc.stdout.splitlines():
+    if line.startswith("RESULT "):
+      return json.loads(line[len("RESULT "):])
+  raise RuntimeError(f"{framework} worker failed:\n{proc.stderr[-3000:]}")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--configs", default="digits,cifar10")
+  parser.add_argument("--batch", type=int, default=0, help="0 = digits 64, cifar10 8")
+  parser.add_argument("--steps", type=int, default=20, help="steps per timed window")
+  parser.add_argument("--windows", type=int, default=3)
+  parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--torch_threads", type=int, default=os.cpu_count() or 1)
+  parser.add_argument("--worker", choices=["jax", "torch"], default=None)
+  args = parser.parse_args()
+  if args.worker:
+    _worker(args)
+    return
+
+  rows = []
+  for name in args.configs.split(","):
+    batch = args.batch or BATCH.get(name, 8)
+    best = {}
+    for _ in range(args.rounds):
+      for framework in ("jax", "torch"):
+        r = _spawn(framework, name, batch, args)
+        print(f"  {name} {framework}: {batch / r['wall_s']:.1f} img/s, "
+              f"{r['cpu_s'] * 1e3:.0f} ms CPU/step, RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+        if framework not in best or r["wall_s"] < best[framework]["wall_s"]:
+          best[framework] = r
+    rows.append((name, batch, best["jax"], best["torch"]))
+
+  print(f"\n{'config':8} {'batch':>5} {'impl':18} {'steps/s':>8} {'img/s':>8} {'CPU ms/step':>11} "
+        f"{'peak RSS MB':>11} {'1st step s':>10} {'ours/peer':>9}")
+  for name, batch, ours, peer in rows:
+    for label, r in (("ours (JAX pmap)", ours), ("diffusers + torch", peer)):
+      ratio = f"{peer['wall_s'] / ours['wall_s']:.2f}x" if r is ours else ""
+      print(f"{name:8} {batch:5d} {label:18} {1 / r['wall_s']:8.2f} {batch / r['wall_s']:8.1f} "
+            f"{r['cpu_s'] * 1e3:11.1f} {r['peak_rss_mb']:11.0f} {r['compile_s']:10.1f} {ratio:>9}")
+
+
+if __name__ == "__main__":
+  main()
