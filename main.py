@@ -2,7 +2,7 @@
 
   python main.py --config=configs/digits.py --workdir=/tmp/digits                 # train
   python main.py --config=configs/digits.py --workdir=/tmp/digits --mode=sample   # .npz + grid
-  python main.py --config=configs/digits.py --workdir=/tmp/digits --mode=eval     # test bits/dim
+  python main.py --config=configs/digits.py --workdir=/tmp/digits --mode=eval     # bits/dim + quality
 
 Rerunning a train command on the same workdir resumes from its latest checkpoint. Any config
 field can be overridden, e.g. --config.training.batch_size=64.
@@ -19,7 +19,8 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string("workdir", None, "Directory of the run: checkpoints, logs, samples.")
 flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
                   "train: train or resume; sample: write samples of a checkpoint; "
-                  "eval: test-set bits/dim of a checkpoint.")
+                  "eval: test-set bits/dim and sample quality (digits FD, or FID/IS/P&R with "
+                  "eval.inception_weights) of a checkpoint.")
 flags.DEFINE_bool("jax_distributed", False,
                   "Call jax.distributed.initialize() first (multi-host training).")
 flags.mark_flags_as_required(["config", "workdir"])

@@ -84,6 +84,16 @@ def get_config() -> config_dict.ConfigDict:
   sampling.num_samples = 64  # --mode=sample: images written to samples/<step>/samples.npz.
   sampling.batch_size = 64  # GLOBAL images per sampling call (divisible by the device count).
   sampling.checkpoint_step = config_dict.placeholder(int)  # Checkpoint to use; None = latest.
+  sampling.spacing = "uniform"  # ddim / analytic_*: step grid, uniform | quadratic | karras (rho 7).
+  sampling.solver_order = 2  # DPM-Solver(++) order: 1, 2 or 3.
+  sampling.solver_method = "multistep"  # DPM-Solver(++): multistep | singlestep.
+  sampling.time_grid = "logSNR"  # DPM-Solver(++) grid: logSNR | time_uniform | time_quadratic | karras.
+  sampling.final_step = "zero"  # DPM-Solver(++) last step: zero (x0 jump to sigma 0) | sigma_min.
+  sampling.lower_order_final = True  # DPM-Solver(++): lower orders on the last steps when NFE < 15.
+  sampling.thresholding = False  # DPM-Solver++: dynamic thresholding of x0 (Imagen, ratio 0.995).
+  sampling.integer_timesteps = False  # DPM-Solver(++): round grid points to integer t.
+  sampling.analytic_clip_last_steps = 1  # analytic_*: clip sigma of this many final noisy steps.
+  sampling.analytic_num_samples = 1024  # analytic_*: training images for the E||eps||^2 estimate.
 
   # --- Evaluation: --mode=eval and the end of training. --------------------------------------
   config.eval = eval_config = config_dict.ConfigDict()
@@ -92,8 +102,19 @@ def get_config() -> config_dict.ConfigDict:
   eval_config.num_batches = config_dict.placeholder(int)  # Batches to evaluate; None = whole split.
   eval_config.clip_denoised = True  # Clip pred_x0 inside the reverse means of the bound.
   eval_config.checkpoint_step = config_dict.placeholder(int)  # Checkpoint to use; None = latest.
-  # Sample quality after training (only the digits Frechet distance for now; FID / IS /
-  # precision-recall go here when diffusion_jax.evaluation wires them in).
+  eval_config.compute_bpd = True  # --mode=eval: test-set bits/dim (slow: T model calls per image).
+  # Sample quality (config.sampling's sampler, EMA params): the digits Frechet distance on the
+  # digits data; FID / IS / precision-recall (diffusion_jax.evaluation) when inception_weights
+  # and reference_stats are set. Run by --mode=eval, and after training if sample_quality_at_end.
   eval_config.sample_quality_at_end = False  # Sample and score once training finishes.
-  eval_config.num_quality_samples = 1000  # Samples scored by that evaluation.
+  eval_config.num_quality_samples = 50_000  # Samples scored (the DDPM paper's 50k for FID).
+  eval_config.quality_batch_size = 512  # GLOBAL samples per resumable FID chunk (divisible by devices).
+  eval_config.inception_weights = config_dict.placeholder(str)  # pt_inception-2015-12-05 .pth/.npz.
+  eval_config.reference_stats = config_dict.placeholder(str)  # .npz from evaluation.fid_stats.
+  eval_config.inception_batch_size = 200  # Images per Inception forward pass.
+  eval_config.inception_precision = "highest"  # highest (float32, the protocol) | default.
+  eval_config.num_is_splits = 10  # Inception Score splits.
+  eval_config.pr_k = 3  # k of the k-NN manifolds of precision/recall.
+  eval_config.pr_num_samples = 10_000  # Real and fake features for precision/recall; 0 = off.
+  eval_config.save_samples = True  # Keep the uint8 sample chunks under eval/<name>/.
   return config

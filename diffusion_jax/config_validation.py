@@ -126,6 +126,11 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
 
   # Sampling and evaluation.
   _check_choice(config, "sampling.sampler", samplers.SAMPLERS)
+  if config.sampling.sampler.startswith("analytic") and config.training.sample_every_steps:
+    _fail("sampling.sampler", config.sampling.sampler,
+          "Analytic-DPM estimates E||eps||^2 per checkpoint, which the periodic training grids do "
+          "not do: use it in --mode=sample / --mode=eval with training.sample_every_steps=0, or "
+          "pick another sampler.")
   steps = config.sampling.num_steps
   if steps is not None and not 1 <= steps <= config.diffusion.num_timesteps:
     _fail("sampling.num_steps", steps,
@@ -139,7 +144,11 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
   if config.eval.num_batches is not None:
     _check_positive_int(config, "eval.num_batches")
   _check_positive_int(config, "eval.num_quality_samples")
-  if config.eval.sample_quality_at_end and config.data.dataset != "digits":
+  _check_positive_int(config, "eval.quality_batch_size")
+  _check_divisible(config, "eval.quality_batch_size", num_devices)
+  if (config.eval.sample_quality_at_end and config.data.dataset != "digits"
+      and not (config.eval.inception_weights and config.eval.reference_stats)):
     _fail("eval.sample_quality_at_end", True,
-          "only the digits Frechet distance is wired into the trainer so far; set it False "
-          "for other data sets.")
+          "sample quality outside the digits data set is FID / IS / precision-recall: set "
+          "eval.inception_weights and eval.reference_stats (see diffusion_jax/evaluation/README.md), "
+          "or set it False.")

@@ -191,17 +191,30 @@ def unreplicate(tree: PyTree) -> PyTree:
   return jax.tree.map(lambda x: np.asarray(np.asarray(x.addressable_shards[0].data)[0]), tree)
 
 
+def sampler_options(config: ml_collections.ConfigDict) -> dict:
+  """The keyword options of `samplers.sample` that config.sampling / config.diffusion set."""
+  scfg, dcfg = config.sampling, config.diffusion
+  return dict(sampler=scfg.sampler, num_steps=scfg.num_steps, eta=scfg.eta,
+              mean_type=dcfg.mean_type, var_type=dcfg.var_type, clip_denoised=scfg.clip_denoised,
+              spacing=scfg.spacing, solver_order=scfg.solver_order,
+              solver_method=scfg.solver_method, time_grid=scfg.time_grid,
+              final_step=scfg.final_step, lower_order_final=scfg.lower_order_final,
+              thresholding=scfg.thresholding, integer_timesteps=scfg.integer_timesteps,
+              analytic_clip_last_steps=scfg.analytic_clip_last_steps)
+
+
 def make_sample_fn(config: ml_collections.ConfigDict, model: nn.Module,
-                   schedule: schedules.DiffusionSchedule, per_device: int) -> Callable:
+                   schedule: schedules.DiffusionSchedule, per_device: int,
+                   ms_eps: Optional[np.ndarray] = None) -> Callable:
   """Builds the per-device sampler: (params, key) -> (images [per_device, H, W, C], labels).
 
-  The sampler, its number of steps and eta come from config.sampling, through the one
-  dispatch `samplers.sample`. Device d draws from fold_in(key, d); class-conditional models
-  get uniformly drawn labels.
+  Every sampler option comes from the config, through the one dispatch `samplers.sample`
+  (`sampler_options`). Device d draws from fold_in(key, d); class-conditional models get
+  uniformly drawn labels. `ms_eps` is Analytic-DPM's Gamma (`analytic_ms_eps`).
   """
-  scfg, dcfg = config.sampling, config.diffusion
   shape = (per_device, config.data.image_size, config.data.image_size, config.data.num_channels)
   num_classes = config.model.num_classes
+  options = sampler_options(config)
 
   def sample_fn(params, key):
     key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
@@ -212,12 +225,45 @@ def make_sample_fn(config: ml_collections.ConfigDict, model: nn.Module,
     def model_fn(x_t, t):
       return model.apply({"params": params}, x_t, t, labels if num_classes else None,
                          train=False)
-    images = samplers.sample(model_fn, schedule, shape, key, sampler=scfg.sampler,
-                             num_steps=scfg.num_steps, eta=scfg.eta, mean_type=dcfg.mean_type,
-                             var_type=dcfg.var_type, clip_denoised=scfg.clip_denoised)
+    images = samplers.sample(model_fn, schedule, shape, key, ms_eps=ms_eps, **options)
     return images, labels
 
   return sample_fn
+
+
+def analytic_ms_eps(config: ml_collections.ConfigDict, model: nn.Module,
+                    schedule: schedules.DiffusionSchedule, params: PyTree) -> Optional[np.ndarray]:
+  """Analytic-DPM's Gamma_t = E||eps_theta(x_t, t)||^2 / d on training images, for analytic_*.
+
+  Estimated once per call from config.sampling.analytic_num_samples images of data.train_split
+  (unconditional models only); None for the other samplers.
+  """
+  if not config.sampling.sampler.startswith("analytic"):
+    return None
+  if config.model.num_classes:
+    raise ValueError("sampling.sampler='analytic_*' supports unconditional models only; "
+                     "set model.num_classes to None or choose another sampler.")
+  from diffusion_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  wanted = config.sampling.analytic_num_samples
+  images = []
+  for batch in input_pipeline.create_eval_iterator(config.data, global_batch_size=config.eval.batch_size,
+                                                   split=config.data.train_split):
+    mask = np.asarray(batch["mask"]).reshape(-1)
+    images.append(np.asarray(batch["image"]).reshape((-1,) + batch["image"].shape[2:])[mask])
+    if sum(len(x) for x in images) >= wanted:
+      break
+  x0 = np.concatenate(images)[:wanted]
+
+  def model_fn(x_t, t):
+    return model.apply({"params": params}, x_t, t, None, train=False)
+
+  start = time.time()
+  ms_eps = samplers.analytic.eps_mean_square(model_fn, schedule, x0, base_keys(config)["sample"],
+                                             mean_type=config.diffusion.mean_type,
+                                             var_type=config.diffusion.var_type)
+  logging.info("Analytic-DPM: E||eps||^2 from %d training images in %.1fs.", len(x0),
+               time.time() - start)
+  return ms_eps
 
 
 def pmap_sample_fn(sample_fn: Callable, mesh: Mesh) -> Callable:
@@ -487,7 +533,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
                                                          config.sampling.checkpoint_step)
   mesh = make_mesh()
   per_device = config.sampling.batch_size // mesh.devices.size
-  p_sample = pmap_sample_fn(make_sample_fn(config, model, schedule, per_device), mesh)
+  ms_eps = analytic_ms_eps(config, model, schedule, params)
+  p_sample = pmap_sample_fn(make_sample_fn(config, model, schedule, per_device, ms_eps), mesh)
   start = time.time()
   images, labels = generate(p_sample, replicate(params, mesh),
                             jax.random.fold_in(base_keys(config)["sample"], 1),
@@ -502,34 +549,56 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 def evaluate_sample_quality(config: ml_collections.ConfigDict, workdir: str, ema_params: PyTree,
                             step: int, writer=None) -> dict:
-  """Samples config.eval.num_quality_samples images and scores them (digits: Frechet distance).
+  """Samples config.eval.num_quality_samples images with config.sampling's sampler and scores them.
 
-  This is where FID / IS / precision-recall join when diffusion_jax.evaluation provides them.
-  Writes workdir/eval/sample_quality_<step>.json with the protocol next to the score.
+  - digits: the digits Frechet distance (diffusion_jax.evaluation.digits_fd), written to
+    workdir/eval/sample_quality_<step>.json with the protocol next to the score.
+  - with eval.inception_weights and eval.reference_stats: FID, Inception Score and
+    precision/recall (diffusion_jax.evaluation.sample_quality), in resumable chunks, written to
+    workdir/eval/fid_<step>.json with the full protocol.
   """
-  from diffusion_jax.evaluation import digits_fd  # pylint: disable=g-import-not-at-top
   mesh = make_mesh()
   model, schedule = create_model(config), create_schedule(config)
+  ms_eps = analytic_ms_eps(config, model, schedule, ema_params)
+  params = replicate(ema_params, mesh)
   num = config.eval.num_quality_samples
-  batch = min(config.sampling.batch_size * 8, -(-num // mesh.devices.size) * mesh.devices.size)
-  p_sample = pmap_sample_fn(make_sample_fn(config, model, schedule, batch // mesh.devices.size),
-                            mesh)
-  start = time.time()
-  images, labels = generate(p_sample, replicate(ema_params, mesh),
-                            jax.random.fold_in(base_keys(config)["eval"], 1), num, batch)
-  score = float(digits_fd.digits_frechet_distance(images.astype(np.float32) / 127.5 - 1.0))
-  result = {"step": step, "digits_fd": score, "num_samples": num, "params": "ema",
-            "sampler": config.sampling.sampler, "num_steps": config.sampling.num_steps,
-            "seconds": round(time.time() - start, 1)}
-  if jax.process_index() == 0:
-    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-    with open(os.path.join(workdir, "eval", f"sample_quality_{step}.json"), "w") as f:
-      json.dump(result, f, indent=2)
-    write_samples(os.path.join(workdir, "samples", str(step)), images, labels, "quality_samples")
-    if writer is not None:
-      writer.write_scalars(step, {"digits_fd": score})
-  logging.info("Digits Frechet distance of %d EMA samples at step %d: %.3f", num, step, score)
-  print(f"digits Frechet distance (step {step}, {num} samples): {score:.3f}", flush=True)
+  protocol = {"step": step, "params": "ema", **{k: v for k, v in sampler_options(config).items()}}
+  result = {}
+  if config.eval.inception_weights or config.eval.reference_stats:
+    from diffusion_jax.evaluation import sample_quality  # pylint: disable=g-import-not-at-top
+    batch = config.eval.quality_batch_size
+    p_sample = pmap_sample_fn(make_sample_fn(config, model, schedule, batch // mesh.devices.size,
+                                             ms_eps), mesh)
+
+    def sample_batch_fn(key, n):
+      images, _ = p_sample(params, key)
+      return np.asarray(images).reshape((-1,) + images.shape[2:])[:n]
+
+    result["fid"] = sample_quality.evaluate_sample_quality(
+        sample_batch_fn, num_samples=num, batch_size=batch, eval_config=config.eval,
+        workdir=workdir, protocol=protocol, name=f"fid_{step}", seed=config.seed, step=step,
+        writer=writer if jax.process_index() == 0 else None)
+    print(f"FID (step {step}, {num} samples): {result['fid']['fid']:.3f}", flush=True)
+  if config.data.dataset == "digits":
+    from diffusion_jax.evaluation import digits_fd  # pylint: disable=g-import-not-at-top
+    batch = min(config.sampling.batch_size * 8, -(-num // mesh.devices.size) * mesh.devices.size)
+    p_sample = pmap_sample_fn(make_sample_fn(config, model, schedule, batch // mesh.devices.size,
+                                             ms_eps), mesh)
+    start = time.time()
+    images, labels = generate(p_sample, params, jax.random.fold_in(base_keys(config)["eval"], 1),
+                              num, batch)
+    score = float(digits_fd.digits_frechet_distance(images.astype(np.float32) / 127.5 - 1.0))
+    result.update({"step": step, "digits_fd": score, "num_samples": num, "protocol": protocol,
+                   "seconds": round(time.time() - start, 1)})
+    if jax.process_index() == 0:
+      os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+      with open(os.path.join(workdir, "eval", f"sample_quality_{step}.json"), "w") as f:
+        json.dump(result, f, indent=2, default=str)
+      write_samples(os.path.join(workdir, "samples", str(step)), images, labels, "quality_samples")
+      if writer is not None:
+        writer.write_scalars(step, {"digits_fd": score})
+    logging.info("Digits Frechet distance of %d EMA samples at step %d: %.3f", num, step, score)
+    print(f"digits Frechet distance (step {step}, {num} samples): {score:.3f}", flush=True)
   return result
 
 
@@ -555,14 +624,29 @@ def make_bpd_fn(config: ml_collections.ConfigDict, model: nn.Module,
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Test-set negative log-likelihood in bits/dim (DDPM Table 2) of a checkpoint's EMA model.
+  """--mode=eval: bits/dim (eval.compute_bpd) and sample quality of a checkpoint's EMA model.
+
+  Sample quality runs when it is defined for the run: on the digits data (digits Frechet
+  distance) or with eval.inception_weights / eval.reference_stats (FID, IS, precision/recall).
+  """
+  params, step, model, schedule = _restore_for_inference(config, workdir,
+                                                         config.eval.checkpoint_step)
+  result = {}
+  if config.eval.compute_bpd:
+    result.update(evaluate_bpd(config, workdir, params, step, model, schedule))
+  if config.data.dataset == "digits" or config.eval.inception_weights or config.eval.reference_stats:
+    result["sample_quality"] = evaluate_sample_quality(config, workdir, params, step)
+  return result
+
+
+def evaluate_bpd(config: ml_collections.ConfigDict, workdir: str, params: PyTree, step: int,
+                 model: nn.Module, schedule: schedules.DiffusionSchedule) -> dict:
+  """Test-set negative log-likelihood in bits/dim (DDPM Table 2) of `params`.
 
   Runs `losses.calc_bpd_loop` (all T terms + prior) over config.data.eval_split (or its
   first config.eval.num_batches batches) and writes workdir/eval/bpd_<step>.json.
   """
   from diffusion_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  params, step, model, schedule = _restore_for_inference(config, workdir,
-                                                         config.eval.checkpoint_step)
   mesh = make_mesh()
   p_bpd = jax.pmap(make_bpd_fn(config, model, schedule), axis_name=AXIS, in_axes=(0, 0, None),
                    devices=list(mesh.devices.flat))
