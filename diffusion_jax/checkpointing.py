@@ -34,10 +34,15 @@ class CheckpointError(RuntimeError):
   """A requested checkpoint is missing or cannot be restored."""
 
 
-def create_manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
-  """An orbax CheckpointManager for `workdir/checkpoints` keeping the last `keep` steps."""
+def create_manager(workdir: str, keep: int = 3, *, cleanup_tmp_directories: bool = True
+                   ) -> ocp.CheckpointManager:
+  """An orbax CheckpointManager for `workdir/checkpoints` keeping the last `keep` steps.
+
+  With cleanup_tmp_directories, leftovers of interrupted saves are removed in the background
+  (they are never restored either way).
+  """
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         cleanup_tmp_directories=True)
+                                         cleanup_tmp_directories=cleanup_tmp_directories)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
                                options=options, item_names=("state", "meta"))
 

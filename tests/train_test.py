@@ -4,6 +4,7 @@ the real loop end to end (digits builder and tfds mock cifar10), and the NaN gua
 Runs on the 8 fake CPU devices of conftest.py with configs/tiny.py.
 """
 
+import functools
 import json
 import os
 
@@ -126,7 +127,11 @@ def test_train_sample_eval_end_to_end_on_digits(tmp_path):
 
 
 @pytest.mark.slow
-def test_end_to_end_on_mock_cifar10(tmp_path):
+def test_end_to_end_on_mock_cifar10(tmp_path, monkeypatch):
+  # tfds.testing.mock_data patches the file system while it builds the dataset; orbax's
+  # background clean-up of temporary checkpoint directories must not run inside that window.
+  monkeypatch.setattr(checkpointing, "create_manager",
+                      functools.partial(checkpointing.create_manager, cleanup_tmp_directories=False))
   config = tiny.get_config()
   config.data.dataset = "cifar10"
   config.data.image_size = 32
