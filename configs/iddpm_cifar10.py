@@ -12,13 +12,14 @@ The run flags of the paper's released unconditional CIFAR-10 L_hybrid model
 defaults: 4 attention heads at 16x16 and 8x8, timestep conditioning by scale-shift
 GroupNorm (AdaGN), GroupNorm eps 1e-5, symmetric stride-2 padding, improved-diffusion's
 timestep embedding, EMA 0.9999, Adam without warmup or gradient clipping.
-Differences from that code: the model sees the original timestep index t in [0, 4000) (it
-rescales t to [0, 1000) before the embedding), and the learning rate is constant (it is too).
+One difference from that code: the model sees the original timestep index t in [0, 4000)
+(improved-diffusion rescales t to [0, 1000) before the embedding); no config field covers it.
 Use --config.diffusion.loss_type=kl --config.training.timestep_sampler=loss_second_moment for
 the paper's L_vlb model (importance-sampled t, Sec. 3.3).
-Expect (the paper, not reproduced on CPU here): a test NLL near 3 bits/dim (2.94 is the
-paper's best CIFAR-10 figure, with L_vlb; L_hybrid is a little worse in NLL and much better in
-FID) and samples as good with 100 respaced steps as with the full 4000 (Sec. 4).
+Expect (the paper's findings; not reproduced here, no accelerator was available): L_hybrid
+gives good FID and good NLL where L_simple gives good FID only and L_vlb good NLL only, and
+samples with 100 respaced steps about as good as with the full 4000 (Sec. 4). Check the
+paper's tables for the exact figures.
 """
 
 from configs import default
