@@ -10,16 +10,26 @@ from PIL import Image
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
-  """Maps images in [-1, 1] to uint8 by clip(round((x + 1) * 127.5), 0, 255) (design.md 3.11).
+  """Maps samples in [-1, 1] to uint8 by clip(round((x + 1) * 127.5), 0, 255) (design.md 3.11).
+
+  Computed in float64; `round` is numpy's round half to even. The inverse of the data
+  pipeline's `x / 127.5 - 1`: every uint8 value round-trips. This is the one conversion used
+  for sample files, grids and the FID protocol.
 
   Args:
     images: float array [..., H, W, C] in [-1, 1] (values outside are clipped).
 
   Returns:
     uint8 array of the same shape.
+
+  Raises:
+    ValueError: if a sample is NaN or infinite (a diverged sampler).
   """
-  images = np.asarray(images, dtype=np.float32)
-  return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  x = np.asarray(images, dtype=np.float64)
+  if not np.all(np.isfinite(x)):
+    raise ValueError("samples contain NaN/inf; the sampler diverged (check the checkpoint and "
+                     "`config.sampling`).")
+  return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def make_grid(images: np.ndarray, num_cols: int | None = None, padding: int = 1,

@@ -36,6 +36,7 @@ import numpy as np
 
 from diffusion_jax.evaluation import inception
 from diffusion_jax.evaluation import metrics
+from diffusion_jax.utils import to_uint8  # the one uint8 rule (design.md 3.11)
 
 UINT8_RULE = "uint8 = clip(round((x + 1) * 127.5), 0, 255), float64, round half to even"
 STATS_FORMAT_VERSION = 1
@@ -48,25 +49,6 @@ FID_STATS_HELP = (
 
 SampleBatchFn = Callable[[jax.Array, int], Any]
 FeatureFn = Callable[[np.ndarray], Dict[str, np.ndarray]]
-
-
-def to_uint8(images) -> np.ndarray:
-  """Samples in [-1, 1] -> uint8 in [0, 255] by the documented rule (design.md 3.11).
-
-  `clip(round((x + 1) * 127.5), 0, 255)`, computed in float64; `round` is numpy's round half to
-  even. The inverse of the data pipeline's `x / 127.5 - 1`: every uint8 value round-trips.
-
-  Args:
-    images: [N, H, W, C] float array in [-1, 1] (values outside are clipped).
-
-  Returns:
-    [N, H, W, C] uint8 numpy array.
-  """
-  x = np.asarray(images, dtype=np.float64)
-  if not np.all(np.isfinite(x)):
-    raise ValueError("samples contain NaN/inf; the sampler diverged (check the checkpoint and "
-                     "`config.sampling`).")
-  return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- reference stats
