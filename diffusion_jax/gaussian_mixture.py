@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.schedules import DiffusionSchedule
+from diffusion_jax.schedules import DiffusionSchedule, extract
 
 
 @flax.struct.dataclass
@@ -91,7 +91,7 @@ class GaussianMixture:
     """model_fn(x_t, t) -> E[eps | x_t] for mean_type="eps"; t indexes `schedule` (the original chain)."""
 
     def eps(x_t, t):
-      abar = schedule.alphas_cumprod[t].reshape((-1,) + (1,) * (x_t.ndim - 1))
+      abar = extract(schedule.alphas_cumprod, t, x_t.shape)
       return (x_t - jnp.sqrt(abar) * self.posterior_mean(x_t, schedule.alphas_cumprod[t])) / jnp.sqrt(1.0 - abar)
 
     return eps

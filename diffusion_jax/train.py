@@ -562,7 +562,7 @@ def evaluate_sample_quality(config: ml_collections.ConfigDict, workdir: str, ema
   ms_eps = analytic_ms_eps(config, model, schedule, ema_params)
   params = replicate(ema_params, mesh)
   num = config.eval.num_quality_samples
-  protocol = {"step": step, "params": "ema", **{k: v for k, v in sampler_options(config).items()}}
+  protocol = {"step": step, "params": "ema", **sampler_options(config)}
   result = {}
   if config.eval.inception_weights or config.eval.reference_stats:
     from diffusion_jax.evaluation import sample_quality  # pylint: disable=g-import-not-at-top

@@ -30,7 +30,7 @@ import numpy as np
 from diffusion_jax import diffusion
 from diffusion_jax.diffusion import MeanType, VarType, check_option
 from diffusion_jax.samplers import ddim, grids
-from diffusion_jax.schedules import DiffusionSchedule, model_timesteps
+from diffusion_jax.schedules import DiffusionSchedule, extract, model_timesteps
 
 ModelFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
@@ -175,7 +175,7 @@ def with_log_variance(model_fn: ModelFn, log_variance_by_t: np.ndarray, *,
 
   def wrapped(x_t, t):
     mean_part, _ = diffusion.split_model_output(model_fn(x_t, t), x_t, var_type)
-    log_var = jnp.broadcast_to(table[t].reshape((-1,) + (1,) * (x_t.ndim - 1)), x_t.shape)
+    log_var = jnp.broadcast_to(extract(table, t, x_t.shape), x_t.shape)
     return jnp.concatenate([mean_part, log_var], axis=-1)
 
   return wrapped
