@@ -11,6 +11,7 @@ shows the traceback too.
 """
 
 import os
+import re
 import sys
 
 from absl import app
@@ -37,6 +38,29 @@ flags.mark_flags_as_required(["config", "workdir"])
 def _quiet_orbax(record) -> bool:
   """Drops orbax's INFO chatter so the progress lines stay readable (warnings pass)."""
   return record.levelno >= 30 or "/orbax/" not in record.pathname  # 30 = WARNING
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with a bad flag or config override reported in one message.
+
+  config_flags raises plain Python errors (e.g. AttributeError "Did you mean ...") for a
+  misspelt nested override; those are user errors, not crashes.
+  """
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    message = str(e)
+  except Exception as e:  # pylint: disable=broad-except  (raised while reading --config)
+    if "--debug" in argv:
+      raise
+    message = str(e).strip("'\"").replace("\\n", "\n").replace("\\'", "'")
+    name = re.match(r"'([^']+)'", message)
+    culprit = name and next((a.split("=")[0] for a in argv if a.startswith("--config.")
+                             and name.group(1) in a.split("=")[0].split(".")), None)
+    if culprit:
+      message = f"{culprit}: {name.group(1)!r} is not a config field. {message[name.end():].strip()}"
+  print(f"error: {message}\nPass --helpfull to see the flags.", file=sys.stderr, flush=True)
+  sys.exit(2)
 
 
 def run(config, workdir: str, mode: str):
@@ -73,4 +97,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -196,8 +196,10 @@ def evaluate_sample_quality(config: ml_collections.ConfigDict, workdir: str, ema
               "clip_denoised": config.sampling.clip_denoised, **diffusion_.parameterization,
               **registry.options_from_config(config.sampling)}
   result = {}
+  shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
   for name in names:
     scorer = scorers.build(name, config)
+    scorer.check_shape(shape)  # on every process, before any of them starts sampling
     scores = sample_quality.evaluate_sample_quality(
         lambda key, n: sampler(params, key)[0][:n], num_samples=num, batch_size=batch,
         eval_config=config.eval, workdir=workdir, protocol=protocol, name=f"{name}_{step}",

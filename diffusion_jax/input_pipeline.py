@@ -288,9 +288,12 @@ def load_split(data_config, split: str, field: str = "data.train_split",
     raise errors.DataError(f"Split {split!r} (`{field}`) has no examples.")
   if limit is not None:
     ds = ds.take(limit)
-  ds = ds.map(lambda ex: (lambda e: {"image": _crop_resize(e["image"], image_size),
-                                     "label": e["label"]})(fmt(ex)),
-              num_parallel_calls=tf.data.AUTOTUNE).batch(1024).with_options(_options())
+
+  def decode(ex):
+    ex = fmt(ex)
+    return {"image": _crop_resize(ex["image"], image_size), "label": ex["label"]}
+
+  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(1024).with_options(_options())
   images, labels = [], []
   for batch in tfds.as_numpy(ds):
     images.append(batch["image"])

@@ -72,11 +72,13 @@ def _run(args, workdir, data_dir):
   return proc.returncode, proc.stdout + proc.stderr
 
 
-def _check(returncode, output, fragments, what):
-  assert returncode != 0, f"{what}: exit 0\n{output[-2000:]}"
-  assert "Traceback" not in output, f"{what}: traceback\n{output[-3000:]}"
-  for fragment in fragments:
-    assert fragment in output, f"{what}: {fragment!r} not in\n{output[-2000:]}"
+def _problems(returncode, output, fragments, what):
+  """What is wrong with one invocation's outcome ([] when it is as it should be)."""
+  if returncode == 0:
+    return [f"{what}: exit 0\n{output[-1500:]}"]
+  if "Traceback" in output:
+    return [f"{what}: traceback\n{output[-2500:]}"]
+  return [f"{what}: {f!r} not in\n{output[-1500:]}" for f in fragments if f not in output]
 
 
 @pytest.mark.slow
@@ -91,8 +93,9 @@ def test_malformed_invocations_fail_with_a_message_and_no_traceback(tmp_path):
     futures = [pool.submit(_run, args, str(tmp_path / f"w{i}"), str(tmp_path / f"data{i}"))
                for i, (_, args, _) in enumerate(cases)]
     results = [f.result() for f in futures]
-  for (what, _, fragments), (returncode, output) in zip(cases, results):
-    _check(returncode, output, fragments, what)
+  problems = [p for (what, _, fragments), (returncode, output) in zip(cases, results)
+              for p in _problems(returncode, output, fragments, what)]
+  assert not problems, "\n\n".join(problems)
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ visible to it, exactly as a new sampler module would be.
 
 import os
 import shutil
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -22,10 +23,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run_main(*args: str) -> None:
-  """`python main.py ARGS` in this process."""
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(["main.py", f"--config={os.path.join(REPO, 'configs', 'tiny.py')}", *args])
-  main_py.main(["main.py"])
+  """`python main.py ARGS` in this process (config_flags reads its overrides from sys.argv)."""
+  argv = ["main.py", f"--config={os.path.join(REPO, 'configs', 'tiny.py')}", *args]
+  saved, sys.argv = sys.argv, argv
+  try:
+    for name in [n for n in flags.FLAGS if n.startswith("config.")]:  # a previous run's overrides
+      delattr(flags.FLAGS, name)
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(argv)
+    main_py.main(["main.py"])
+  finally:
+    sys.argv = saved
 
 
 @pytest.fixture(scope="module")
