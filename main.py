@@ -41,19 +41,24 @@ def _quiet_orbax(record) -> bool:
 
 
 def parse_flags(argv):
-  """absl's flag parsing, with a bad flag or config override reported in one message.
+  """absl's flag parsing, with a bad flag, config file or config override in one message.
 
-  config_flags raises plain Python errors (e.g. AttributeError "Did you mean ...") for a
-  misspelt nested override; those are user errors, not crashes.
+  config_flags raises plain Python errors for these (AttributeError "Did you mean ..." for a
+  misspelt nested override, OSError for a config file that cannot be loaded); they are user
+  errors, not crashes.
   """
   try:
-    return FLAGS(argv)
+    remaining = FLAGS(argv)
+    FLAGS.config.get("seed")  # config_flags defers a config file's load error to first use
+    return remaining
   except flags.Error as e:
     message = str(e)
-  except Exception as e:  # pylint: disable=broad-except  (raised while reading --config)
+  except (AttributeError, KeyError, OSError) as e:
     if "--debug" in argv:
       raise
-    message = str(e).strip("'\"").replace("\\n", "\n").replace("\\'", "'")
+    message = str(e)
+    if not isinstance(e, OSError):  # str() of these is a quoted repr: unquote it
+      message = message.strip("'\"").replace("\\n", "\n").replace("\\'", "'")
     name = re.match(r"'([^']+)'", message)
     culprit = name and next((a.split("=")[0] for a in argv if a.startswith("--config.")
                              and name.group(1) in a.split("=")[0].split(".")), None)
