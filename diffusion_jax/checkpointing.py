@@ -156,6 +156,18 @@ def _read_only_manager(directory: str) -> ocp.CheckpointManager:
       "state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
 
+def latest_step(workdir: str) -> Optional[int]:
+  """The newest checkpoint step in `workdir` (None if there is none), looked up read-only."""
+  directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  if not os.path.isdir(directory):
+    return None
+  manager = _read_only_manager(directory)
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()
+
+
 def _restore_ema_step(manager: ocp.CheckpointManager, step: int) -> PyTree:
   """Reads only `ema_params` of checkpoint `step` and checks them against their digest."""
   try:

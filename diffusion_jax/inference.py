@@ -178,7 +178,8 @@ def evaluate_sample_quality(config: ml_collections.ConfigDict, workdir: str, ema
   protocol.
 
   Returns:
-    {score name: its results}, e.g. {"digits": {"digits_fd": ..., "protocol": ...}}.
+    {score name: its results}, e.g. {"digits": {"digits_fd": ..., "protocol": ...}}, on
+    process 0; {} on the other processes.
   """
   from diffusion_jax.evaluation import sample_quality, scorers  # pylint: disable=g-import-not-at-top
   names = scorers.requested(config)
@@ -205,8 +206,10 @@ def evaluate_sample_quality(config: ml_collections.ConfigDict, workdir: str, ema
         eval_config=config.eval, workdir=workdir, protocol=protocol, name=f"{name}_{step}",
         seed=config.seed, step=step, scorer=scorer,
         writer=writer if jax.process_index() == 0 else None)
-    result[name] = scores
-    print(f"{scorer.label} (step {step}, {num} samples): {scores[scorer.fd_key]:.3f}", flush=True)
+    if jax.process_index() == 0:  # the others sampled but did not score
+      result[name] = scores
+      print(f"{scorer.label} (step {step}, {num} samples): {scores[scorer.fd_key]:.3f}",
+            flush=True)
   return result
 
 

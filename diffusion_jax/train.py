@@ -217,7 +217,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     _write_config(config, workdir)
   mesh = parallel.make_mesh()
   layout = parallel.batch_layout(tcfg.batch_size, mesh)
-  manager = checkpointing.create_manager(workdir, tcfg.keep_checkpoints)
 
   def data_iterator(start_step):
     # Step s's batch is a pure function of (seed, s): a resumed run sees what an
@@ -225,13 +224,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     return input_pipeline.create_train_iterator(config.data, layout=layout, seed=config.seed,
                                                 start_step=start_step)
 
-  # Opened before the model is built, so a data error (missing, unknown) fails in seconds.
-  expected_start = manager.latest_step() or 0
-  try:
-    train_iter = data_iterator(expected_start)
-  except Exception:
-    manager.close()
-    raise
+  # Opened before the model and the checkpoint manager (whose background cleanup must not
+  # outlive an early exit), so a data error (missing, unknown) fails in seconds.
+  expected_start = checkpointing.latest_step(workdir) or 0
+  train_iter = data_iterator(expected_start)
+  manager = checkpointing.create_manager(workdir, tcfg.keep_checkpoints)
 
   model, diffusion_ = experiment.create_model(config), experiment.create_diffusion(config)
   tx = train_state.make_optimizer(config)

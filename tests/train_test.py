@@ -40,7 +40,9 @@ class _Setup:
   def step_fn(self, num_devices: int):
     if num_devices not in self._steps:
       mesh = parallel.make_mesh(jax.local_devices()[:num_devices])
-      # Wrapped before pmap: any retrace of the per-device step fails the test.
+      # Wrapped before pmap: any retrace of the per-device step fails the test. chex keys its
+      # counter by where the function was defined, which is the same for every device count.
+      chex.clear_trace_counter()
       step = chex.assert_max_traces(
           train.make_train_step(self.config, self.model, self.diffusion, self.tx), n=1)
       self._steps[num_devices] = (mesh, train.pmap_train_step(step, mesh))
