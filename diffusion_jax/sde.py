@@ -267,7 +267,8 @@ def _linear_betas(beta_min: float, beta_max: float, n: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=16)
 def _linear_schedule(beta_min: float, beta_max: float, n: int) -> DiffusionSchedule:
-  return DiffusionSchedule.from_betas(_linear_betas(beta_min, beta_max, n))
+  with jax.ensure_compile_time_eval():  # concrete arrays even when first built inside a trace
+    return DiffusionSchedule.from_betas(_linear_betas(beta_min, beta_max, n))
 
 
 @flax.struct.dataclass
