@@ -507,6 +507,25 @@ def eps_from_score(score: jnp.ndarray, std: jnp.ndarray) -> jnp.ndarray:
   return -std * score
 
 
+def model_time(sde: SDE, t: jnp.ndarray, time_input: TimeInput) -> jnp.ndarray:
+  """What a model with this time convention sees at t: the int32 step or the float fractional step."""
+  check_option("time_input", time_input, TIME_INPUTS)
+  return sde.step_index(t) if time_input == "discrete" else sde.time_to_step(t)
+
+
+def model_marginal_coefs(sde: SDE, t: jnp.ndarray, time_input: TimeInput
+                         ) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(a, sigma) [B] of the process a model with this time convention was trained on.
+
+  "discrete": the discrete chain at the nearest step (DDPM's alpha-bar, NCSN's levels);
+  "continuous": the SDE's marginal at t.
+  """
+  check_option("time_input", time_input, TIME_INPUTS)
+  if time_input == "discrete":
+    return sde.step_marginal_coefs(sde.step_index(t))
+  return sde.marginal_coefs(t)
+
+
 def score_fn_from_model(model_fn: ModelFn, sde: SDE, *, prediction: Prediction = "eps",
                         time_input: TimeInput = "discrete", var_type: VarType = "fixedlarge"
                         ) -> ScoreFn:
@@ -539,11 +558,8 @@ def score_fn_from_model(model_fn: ModelFn, sde: SDE, *, prediction: Prediction =
 
   def score_fn(x, t):
     t = batch_time(x, t)
-    if time_input == "discrete":
-      n = sde.step_index(t)
-      output, (a, std) = model_fn(x, n), sde.step_marginal_coefs(n)
-    else:
-      output, (a, std) = model_fn(x, sde.time_to_step(t)), sde.marginal_coefs(t)
+    a, std = model_marginal_coefs(sde, t, time_input)
+    output = model_fn(x, model_time(sde, t, time_input))
     output, _ = diffusion.split_model_output(output, x, var_type)
     a, std = expand(a, x), expand(std, x)
     if prediction == "score":

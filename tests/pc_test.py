@@ -79,6 +79,25 @@ def test_vp_ancestral_predictor_is_ddpm_ancestral_sampling():
   np.testing.assert_allclose(ours, ddpm, rtol=1e-4, atol=1e-4)
 
 
+def test_ve_ancestral_step_is_the_gaussian_posterior():
+  """NCSN's ancestral step = q(x_{i-1} | x_i, x0-hat) of the chain x_i = x_{i-1} + N(0, s_i^2 - s_{i-1}^2),
+  x_{i-1} ~ N(x0, s_{i-1}^2), with x0-hat = x_i + s_i^2 score (Bayes' rule in float64)."""
+  ve = sde_lib.VESDE(sigma_min=0.05, sigma_max=4.0, N=12)
+  rng = np.random.default_rng(0)
+  x, z, x0 = (rng.standard_normal((12, 3)) for _ in range(3))
+  n = np.arange(12)
+  sig = np.geomspace(0.05, 4.0, 12)
+  score_fn = lambda x_, t: (jnp.asarray(x0, jnp.float32) - x_) / jnp.asarray(sig[n, None] ** 2, jnp.float32)  # noqa: E731
+  out, mean = pc.ancestral_step(ve, score_fn, jnp.asarray(x, jnp.float32), jnp.asarray(ve.step_times(), jnp.float32),
+                                None, jnp.asarray(z, jnp.float32))
+  prev2, d2 = np.append(0.0, sig[:-1] ** 2)[:, None], (sig**2 - np.append(0.0, sig[:-1] ** 2))[:, None]
+  with np.errstate(divide="ignore"):
+    precision = 1.0 / prev2 + 1.0 / d2
+  post_mean = np.where(prev2 > 0, (x0 / np.where(prev2 > 0, prev2, 1.0) + x / d2) / precision, x0)
+  np.testing.assert_allclose(mean, post_mean, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out, post_mean + np.sqrt(1.0 / precision) * z, rtol=1e-5, atol=1e-5)
+
+
 def test_ancestral_with_any_schedule_through_piecewise_vp_is_ddpm():
   """A cosine schedule (not linear, no VPSDE has it) through PiecewiseVPSDE, x0-predicting model."""
   sched = schedules.DiffusionSchedule.from_betas(schedules.get_beta_schedule("cosine", 1000))
