@@ -285,7 +285,7 @@ def score_matching_losses(model_fn: ModelFn, sde: sde_lib.SDE, x_start: jnp.ndar
 
 def ncsn_losses(model_fn: ModelFn, sde: sde_lib.SDE, x_start: jnp.ndarray, levels: jnp.ndarray,
                 noise: jnp.ndarray, *, prediction: sde_lib.Prediction = "score",
-                reduce: Reduction = "mean") -> LossTerms:
+                time_input: sde_lib.TimeInput = "discrete", reduce: Reduction = "mean") -> LossTerms:
   """NCSN's objective (Song & Ermon 2019, Eqs. 5-6) at noise levels `levels`, lambda(sigma) = sigma^2.
 
   loss = || sigma_i s(x_0 + sigma_i z, i) + z ||^2 with the network conditioned on the level
@@ -293,6 +293,11 @@ def ncsn_losses(model_fn: ModelFn, sde: sde_lib.SDE, x_start: jnp.ndarray, level
   NCSN's level i = 1..L, largest first, is our step L - i). Draw the levels uniformly
   (`timestep_sampling.sample_timesteps` with num_timesteps = L); the paper's 1/2 and sum over
   dimensions are dropped as in `score_matching_losses` (reduce="sum" restores the sum).
+
+  With prediction="eps" the network outputs -sigma_i s, NCSNv2's parameterization s = f / sigma_i
+  (Song & Ermon 2020, technique 3) up to the sign, which keeps the output's scale O(1); with
+  time_input="continuous" the network sees the level as a float (`sde.time_to_step`, equal to i at
+  the levels), the convention the trainer uses for every score model.
 
   Args:
     model_fn: model_fn(x_noisy, level int32 [B]) -> score (or what `prediction` says).
@@ -306,4 +311,4 @@ def ncsn_losses(model_fn: ModelFn, sde: sde_lib.SDE, x_start: jnp.ndarray, level
   """
   t = sde.step_to_time(jnp.asarray(levels, jnp.float32))
   return score_matching_losses(model_fn, sde, x_start, t, noise, prediction=prediction,
-                               time_input="discrete", weighting="sigma2", reduce=reduce)
+                               time_input=time_input, weighting="sigma2", reduce=reduce)

@@ -26,6 +26,7 @@ import numpy as np
 
 from diffusion_jax import sde as sde_lib
 from diffusion_jax.diffusion import check_option
+from diffusion_jax.samplers import pc, registry
 from diffusion_jax.sde import SDE, ScoreFn
 
 Init = Literal["uniform", "prior"]
@@ -87,3 +88,34 @@ def annealed_langevin_sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], 
     return x
   # states[k] is the state before step k, so a level ends where the next one starts.
   return x, jnp.concatenate([states[n_steps_each::n_steps_each], x_last[None]], axis=0)
+
+
+def _run(model_fn, process, shape, key, *, num_steps, mean_type, var_type, clip_denoised, x_T,
+         return_trajectory, time_input, **options):
+  del num_steps, clip_denoised  # the cost is N * n_steps_each (+ 1); nothing to clip
+  sde, score_fn, _ = pc.score_model(model_fn, process, mean_type=mean_type, var_type=var_type,
+                                    time_input=time_input)
+  return annealed_langevin_sample(score_fn, sde, shape, key, x_T=x_T,
+                                  return_trajectory=return_trajectory, **options)
+
+
+def _check(options, num_steps, num_timesteps):
+  del options, num_timesteps
+  if num_steps is not None:
+    return (f"num_steps={num_steps}: annealed Langevin runs n_steps_each steps at each of the "
+            "diffusion.num_timesteps levels; leave sampling.num_steps unset and set "
+            "sampling.annealed_langevin.n_steps_each.")
+  return None
+
+
+registry.register(registry.Sampler(
+    name="annealed_langevin", run=_run, check=_check, accepts_sde=True,
+    summary="NCSN's annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1)",
+    options=(
+        registry.Option("n_steps_each", 100, "Langevin steps T per noise level", minimum=1),
+        registry.Option("step_size", 2e-5, "eps: the step at the smallest level (NCSN: 2e-5 on "
+                        "[0, 1] data, 8e-5 on [-1, 1])", minimum=0.0),
+        registry.Option("denoise", True, "end with Tweedie's formula at the smallest level"),
+        registry.Option("init", "uniform", "start: uniform U(-1, 1) (NCSN) | prior", choices=INITS),
+        pc.TIME_INPUT_OPTION,
+    )))

@@ -45,7 +45,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import sde as sde_lib
-from diffusion_jax.diffusion import check_option
+from diffusion_jax.diffusion import MEAN_TYPES, check_option
+from diffusion_jax.samplers import registry
+from diffusion_jax.schedules import DiffusionSchedule
 from diffusion_jax.sde import SDE, ScoreFn, batch_time, expand
 
 Predictor = Literal["euler_maruyama", "reverse_diffusion", "ancestral", "none"]
@@ -238,3 +240,69 @@ def pc_sample_loop(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], key: jax.A
   if not return_trajectory:
     return x
   return x, jnp.concatenate([trajectory, x[None]], axis=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry's view: any model_fn on a DDPM schedule or an SDE.
+
+TIME_INPUT_OPTIONS: tuple[str, ...] = ("auto",) + sde_lib.TIME_INPUTS
+
+
+def score_model(model_fn, process: DiffusionSchedule | SDE, *, mean_type: str, var_type: str,
+                time_input: str = "auto") -> tuple[SDE, ScoreFn, str]:
+  """The SDE and score_fn of a model trained on `process`, for the score-based samplers.
+
+  A DDPM schedule becomes its exact `PiecewiseVPSDE` and the model sees the int steps it was
+  trained on; an SDE is used as it is and, with time_input="auto", the model sees the fractional
+  step (the convention of every score model this trainer makes, NCSN's included).
+
+  Returns:
+    (sde, score_fn, resolved time_input).
+  """
+  check_option("time_input", time_input, TIME_INPUT_OPTIONS)
+  if mean_type not in sde_lib.PREDICTIONS:
+    check_option("mean_type", mean_type, tuple(m for m in MEAN_TYPES if m in sde_lib.PREDICTIONS))
+  if isinstance(process, DiffusionSchedule):
+    sde, auto = sde_lib.PiecewiseVPSDE.from_schedule(process), "discrete"
+  else:
+    sde, auto = process, "continuous"
+  time_input = auto if time_input == "auto" else time_input
+  return sde, sde_lib.score_fn_from_model(model_fn, sde, prediction=mean_type, time_input=time_input,
+                                          var_type=var_type), time_input
+
+
+def _run(model_fn, process, shape, key, *, num_steps, mean_type, var_type, clip_denoised, x_T,
+         return_trajectory, time_input, **options):
+  del clip_denoised  # score samplers have no x0 prediction to clip (the final step is Tweedie's)
+  sde, score_fn, _ = score_model(model_fn, process, mean_type=mean_type, var_type=var_type,
+                                 time_input=time_input)
+  return pc_sample_loop(score_fn, sde, shape, key, num_steps=num_steps, x_T=x_T,
+                        return_trajectory=return_trajectory, **options)
+
+
+def _check(options, num_steps, num_timesteps):
+  if options["predictor"] in DISCRETE_PREDICTORS and num_steps not in (None, num_timesteps):
+    return (f"predictor={options['predictor']!r} walks the chain's own {num_timesteps} steps "
+            f"(diffusion.num_timesteps), so num_steps={num_steps} is not possible: leave "
+            "sampling.num_steps unset, or use predictor='euler_maruyama' (any grid). For a "
+            "continuous-time model, diffusion.num_timesteps may be changed at sampling time.")
+  return None
+
+
+TIME_INPUT_OPTION = registry.Option(
+    "time_input", "auto", "the model's time input: auto (int steps on a DDPM schedule, the "
+    "fractional step on an SDE) | discrete | continuous", choices=TIME_INPUT_OPTIONS)
+
+registry.register(registry.Sampler(
+    name="pc", run=_run, check=_check, accepts_sde=True,
+    summary="predictor-corrector sampling of the reverse SDE (Song et al. 2021, Algorithms 2-5)",
+    options=(
+        registry.Option("predictor", "reverse_diffusion", "reverse-SDE solver step",
+                        choices=PREDICTORS),
+        registry.Option("corrector", "langevin", "score-based MCMC at each grid point",
+                        choices=CORRECTORS),
+        registry.Option("snr", 0.16, "Langevin signal-to-noise ratio r", minimum=0.0),
+        registry.Option("n_corrector_steps", 1, "Langevin steps per grid point", minimum=1),
+        registry.Option("denoise", True, "end with the noise-free step to t = 0"),
+        TIME_INPUT_OPTION,
+    )))
