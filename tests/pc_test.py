@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import schedules, sde as sde_lib
+from diffusion_jax import samplers, schedules, sde as sde_lib
 from diffusion_jax.gaussian_mixture import GaussianMixture
 from diffusion_jax.samplers import ancestral, langevin, pc
 
@@ -160,3 +160,38 @@ def test_options_are_validated():
     langevin.annealed_langevin_sample(score_fn, sde, (2, 2), jax.random.PRNGKey(0), init="gaussian")
   np.testing.assert_allclose(pc.sampling_times(sde, 5), np.linspace(1, 0.01, 5))
   np.testing.assert_allclose(pc.sampling_times(sde_lib.VESDE(N=5)), [1, 0.75, 0.5, 0.25, 0])
+
+
+def test_registry_dispatch_on_a_schedule_and_on_an_sde():
+  """samplers.sample(sampler="pc" / "annealed_langevin") equals the direct calls: on a DDPM schedule
+  through its PiecewiseVPSDE with int steps, on an SDE with the fractional step; a DDPM-only
+  sampler refuses an SDE."""
+  sched = schedules.DiffusionSchedule.from_betas(schedules.get_beta_schedule("linear", 100))
+  eps_fn, key, shape = MIXTURE.eps_model_fn(sched), jax.random.PRNGKey(4), (64, 2)
+  got = samplers.sample(eps_fn, sched, shape, key, sampler="pc", predictor="ancestral", corrector="none")
+  pw = sde_lib.PiecewiseVPSDE.from_schedule(sched)
+  direct = pc.pc_sample_loop(sde_lib.score_fn_from_model(eps_fn, pw), pw, shape, key,
+                             predictor="ancestral", corrector="none")
+  np.testing.assert_allclose(got, direct, atol=1e-6)
+  np.testing.assert_allclose(got, ancestral.p_sample_loop(eps_fn, sched, shape, key, clip_denoised=False),
+                             atol=1e-4)
+  ve = sde_lib.VESDE(sigma_min=0.02, sigma_max=2.0, N=5)
+  seen = []
+
+  def x0_fn(x, u):  # a continuous-time x0 model: it sees the fractional step
+    seen.append(u.dtype)
+    return MIXTURE.perturbed_posterior_mean(x, jnp.ones_like(u), ve.sigma(u / 4.0))
+
+  got = samplers.sample(x0_fn, ve, shape, key, sampler="annealed_langevin", mean_type="x0",
+                        n_steps_each=3, step_size=2e-4)
+  direct = langevin.annealed_langevin_sample(
+      sde_lib.score_fn_from_model(x0_fn, ve, prediction="x0", time_input="continuous"), ve, shape, key,
+      n_steps_each=3, step_size=2e-4)
+  np.testing.assert_allclose(got, direct, atol=1e-6)
+  assert seen[0] == jnp.float32
+  with pytest.raises(ValueError, match="'pc', 'annealed_langevin'"):
+    samplers.sample(x0_fn, ve, shape, key, sampler="ddim", num_steps=5)
+  with pytest.raises(ValueError, match="n_steps_each"):
+    samplers.sample(x0_fn, ve, shape, key, sampler="annealed_langevin", num_steps=5)
+  with pytest.raises(ValueError, match="mean_type='mean'"):
+    samplers.sample(eps_fn, sched, shape, key, sampler="pc", mean_type="mean")

@@ -180,8 +180,7 @@ def pc_sample_loop(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], key: jax.A
     key: PRNG key.
     predictor: one of PREDICTORS.
     corrector: one of CORRECTORS.
-    snr: the corrector's signal-to-noise ratio r (Song et al. use 0.16 for VE CIFAR-10 with
-      reverse_diffusion, 0.01 for VP with Euler-Maruyama / ancestral).
+    snr: the corrector's signal-to-noise ratio r (0.16 in Song et al.'s CIFAR-10 configs).
     n_corrector_steps: Langevin steps per grid point.
     num_steps: grid points M; None = the SDE's N.
     denoise: end with the noise-free jump from t_min to t = 0.
