@@ -1,7 +1,9 @@
-"""Fast samplers: accuracy on an exact denoiser, Analytic-DPM's bound, and speed against diffusers.
+"""Fast samplers: accuracy on an exact denoiser, Analytic-DPM's bound, SDE samplers on the exact
+score, and speed against diffusers.
 
-  python -m bench.samplers                          # all three parts, small defaults (minutes)
+  python -m bench.samplers                          # all four parts, small defaults (minutes)
   python -m bench.samplers --parts=accuracy --nfe=10,15,20,50,100
+  python -m bench.samplers --parts=sde --sde_nfe=50,100,200,500,1000
   python -m bench.samplers --parts=speed --speed_models=digits,cifar10 --cifar_batch=8
 
 accuracy: data is a Gaussian mixture, so E[x_0 | x_t] is exact and any error is the sampler's.
@@ -15,6 +17,14 @@ accuracy: data is a Gaussian mixture, so E[x_0 | x_t] is exact and any error is 
 analytic: the variational bound (bits/dim) of the DDPM-type reverse process on K-step sub-chains
   with fixedlarge, fixedsmall and Analytic-DPM variances (same x_t draws for all three; the mixture
   samples are quantized to 8 bits; Gamma_n from 512 Monte-Carlo samples).
+sde: the stochastic samplers of the score SDEs (predictors with and without the Langevin corrector,
+  corrector-only, NCSN's annealed Langevin) and two ODE solvers as peers, with the mixture's exact
+  score on the VP and VE SDEs. A stochastic sampler has no pathwise reference, so the error is
+  distributional: the Frechet distance between the samples' mean / covariance and the mixture's
+  exact ones, and the total variation between the samples' component frequencies (each sample
+  assigned to its most probable component) and the weights. "exact samples" draws as many points
+  from the mixture itself: the floor that sampling error alone leaves. NFE counts every score
+  evaluation (predictor, corrector and the final denoising step).
 speed: samples/s of whole sampling loops, our jitted samplers vs diffusers' schedulers driving the
   same-config PyTorch UNet2DModel (randomly initialised: speed does not depend on the weights),
   converted weights so both compute the same function; alternated runs, medians.
@@ -23,6 +33,7 @@ speed: samples/s of whole sampling loops, our jitted samplers vs diffusers' sche
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -30,9 +41,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import losses, schedules
+from diffusion_jax import losses, schedules, sde as sde_lib
+from diffusion_jax.evaluation import frechet_distance
 from diffusion_jax.gaussian_mixture import GaussianMixture
-from diffusion_jax.samplers import analytic, ddim, dpm_solver, grids
+from diffusion_jax.samplers import analytic, ddim, dpm_solver, grids, langevin, pc
 
 T = 1000
 
@@ -232,6 +244,95 @@ def analytic_bpd(step_counts, batch, mc_samples, seed=0):
 
 
 # ------------------------------------------------------------------------------------------------
+# SDE samplers on the exact score.
+
+
+def _sde_methods(snr_vp, snr_ve):
+  """(name, sde, fn(sde, score_fn, shape, key, nfe) or None where the NFE does not fit)."""
+  vp, ve = sde_lib.VPSDE(), sde_lib.VESDE(sigma_min=0.01, sigma_max=5.0)
+
+  def predictor(name, corrector, snr=0.0, discrete=False):
+    def run(sde, score_fn, shape, key, nfe):
+      points = nfe // 2 if corrector == "langevin" else nfe   # a corrector doubles the cost per point
+      if discrete:  # the discrete predictors walk the SDE's own steps: N = points
+        if isinstance(sde, sde_lib.VPSDE) and points <= sde.beta_max:
+          return None
+        sde = dataclasses.replace(sde, N=points)
+      return jax.jit(lambda k: pc.pc_sample_loop(score_fn, sde, shape, k, predictor=name, corrector=corrector,
+                                                 snr=snr, num_steps=points))(key)
+    return run
+
+  def ald(sde, score_fn, shape, key, nfe):
+    # NCSN: L = 10 levels over the same sigma range, T = (NFE - 1) / L steps per level, NCSN's
+    # eps = 2e-5 at sigma_L = 0.01, and the final denoising step.
+    levels = dataclasses.replace(sde, N=10)
+    return jax.jit(lambda k: langevin.annealed_langevin_sample(
+        score_fn, levels, shape, k, n_steps_each=(nfe - 1) // 10, step_size=2e-5, init="prior"))(key)
+
+  rows = []
+  for label, sde, snr in (("VP", vp, snr_vp), ("VE", ve, snr_ve)):
+    rows += [
+        (f"{label} Euler-Maruyama", sde, predictor("euler_maruyama", "none")),
+        (f"{label} Euler-Maruyama + Langevin", sde, predictor("euler_maruyama", "langevin", snr)),
+        (f"{label} reverse diffusion", sde, predictor("reverse_diffusion", "none", discrete=True)),
+        (f"{label} reverse diffusion + Langevin", sde, predictor("reverse_diffusion", "langevin", snr, True)),
+        (f"{label} ancestral", sde, predictor("ancestral", "none", discrete=True)),
+        (f"{label} ancestral + Langevin", sde, predictor("ancestral", "langevin", snr, True)),
+        (f"{label} Langevin only", sde, predictor("none", "langevin", snr)),
+    ]
+  rows.append(("VE annealed Langevin (NCSN, L=10)", ve, ald))
+  return rows
+
+
+def sde_accuracy(nfes, num_samples, snr_vp, snr_ve, seed=0):
+  mixture, (w, mu, sd) = make_mixture(seed=seed)
+  dim = mu.shape[1]
+  shape = (num_samples,) + mixture.event_shape
+  # The mixture's exact mean and covariance: sum_k w_k (s_k^2 I + mu_k mu_k^T) - m m^T.
+  mean = w @ mu
+  cov = (mu.T * w) @ mu + np.sum(w * sd**2) * np.eye(dim) - np.outer(mean, mean)
+
+  def errors(x):
+    x = np.asarray(x, np.float64).reshape(num_samples, -1)
+    log_joint = np.log(w) - 0.5 * (((x[:, None] - mu[None]) ** 2).sum(-1) / sd**2 + dim * np.log(sd**2))
+    freq = np.bincount(log_joint.argmax(1), minlength=len(w)) / num_samples
+    return frechet_distance(x.mean(0), np.cov(x, rowvar=False), mean, cov), 0.5 * np.abs(freq - w).sum()
+
+  # The floor: the same errors for exact draws from the mixture, mean and std over 5 draws.
+  draws = np.array([errors(mixture.sample(jax.random.PRNGKey(seed + 100 + i), num_samples)[0]) for i in range(5)])
+  floor_mean, floor_std = draws.mean(0), draws.std(0)
+  schedule = schedules.DiffusionSchedule.from_betas(schedules.get_beta_schedule("linear", T))
+  ode_model = continuous_eps_fn(mixture, schedule)
+  x_T = jax.random.normal(jax.random.PRNGKey(seed + 6), shape)
+  peers = [("VP DDIM (eta=0, ODE)", lambda nfe: ddim.ddim_sample_loop(
+               ode_model, schedule, shape, jax.random.PRNGKey(0), num_steps=nfe, clip_denoised=False, x_T=x_T)),
+           ("VP DPM-Solver++(2M) (ODE)", lambda nfe: dpm_solver.dpm_solver_sample(
+               ode_model, schedule, shape, jax.random.PRNGKey(0), num_steps=nfe, order=2, x_T=x_T))]
+  results = []
+  for name, sde, fn in _sde_methods(snr_vp, snr_ve):
+    score_fn = mixture.score_fn(sde)
+    cells = []
+    for nfe in nfes:
+      run = fn(sde, score_fn, shape, jax.random.PRNGKey(seed + 7), nfe)
+      cells.append(None if run is None else errors(run))
+    results.append((name, cells))
+    print(f"  {name}: done", flush=True)
+  for name, fn in peers:
+    results.append((name, [errors(jax.jit(lambda: fn(n))()) for n in nfes]))
+  print(f"\nSDE samplers with the exact score (Gaussian mixture, D={dim}, K={len(w)}, {num_samples} samples; "
+        f"VP: VPSDE(0.1, 20), VE: VESDE(0.01, 5); snr {snr_vp} (VP) / {snr_ve} (VE)). Cells: Frechet "
+        "distance to the mixture's exact mean and covariance / total variation of the component "
+        "frequencies; '-' where the NFE does not fit (a VP chain needs N > beta_max = 20)\n")
+  print("| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
+  print("|" + "---|" * (len(nfes) + 1))
+  print("| exact samples (floor: mean +- std of 5 draws) | "
+        + " | ".join(f"{floor_mean[0]:.4f}+-{floor_std[0]:.4f} / {floor_mean[1]:.3f}+-{floor_std[1]:.3f}" for _ in nfes) + " |")
+  for name, cells in results:
+    print(f"| {name} | " + " | ".join("-" if c is None else f"{c[0]:.4f} / {c[1]:.3f}" for c in cells) + " |")
+  return (floor_mean, floor_std), results
+
+
+# ------------------------------------------------------------------------------------------------
 # Speed.
 
 def speed(models, batches, steps, reps, torch_threads):
@@ -308,12 +409,16 @@ def speed(models, batches, steps, reps, torch_threads):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--parts", default="accuracy,analytic,speed")
+  parser.add_argument("--parts", default="accuracy,analytic,sde,speed")
   parser.add_argument("--nfe", default="10,15,20,50")
   parser.add_argument("--batch", type=int, default=16, help="accuracy batch")
   parser.add_argument("--analytic_steps", default="10,25,100")
   parser.add_argument("--analytic_batch", type=int, default=128)
   parser.add_argument("--mc_samples", type=int, default=512)
+  parser.add_argument("--sde_nfe", default="50,100,200,500,1000")
+  parser.add_argument("--sde_samples", type=int, default=10000)
+  parser.add_argument("--snr_vp", type=float, default=0.16, help="Langevin corrector's snr on the VP SDE")
+  parser.add_argument("--snr_ve", type=float, default=0.16, help="Langevin corrector's snr on the VE SDE")
   parser.add_argument("--speed_models", default="digits,cifar10")
   parser.add_argument("--digits_batch", type=int, default=64)
   parser.add_argument("--cifar_batch", type=int, default=2)
@@ -327,6 +432,8 @@ def main():
     accuracy([int(n) for n in args.nfe.split(",")], args.batch)
   if "analytic" in parts:
     analytic_bpd([int(k) for k in args.analytic_steps.split(",")], args.analytic_batch, args.mc_samples)
+  if "sde" in parts:
+    sde_accuracy([int(n) for n in args.sde_nfe.split(",")], args.sde_samples, args.snr_vp, args.snr_ve)
   if "speed" in parts:
     speed(args.speed_models.split(","), {"digits": args.digits_batch, "cifar10": args.cifar_batch},
           {"digits": args.digits_steps, "cifar10": args.cifar_steps}, args.reps,

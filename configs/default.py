@@ -53,11 +53,23 @@ def get_config() -> config_dict.ConfigDict:
   config.diffusion = diffusion = config_dict.ConfigDict()
   # Beta schedule: linear | quad | const | jsd | warmup10 | warmup50 | cosine | linear_scaled.
   diffusion.beta_schedule = "linear"
-  diffusion.num_timesteps = 1000  # T, the number of diffusion steps.
-  diffusion.mean_type = "eps"  # What the network predicts: eps | x0 | mean | v.
+  diffusion.num_timesteps = 1000  # T, the number of diffusion steps (SDE: its N steps; ncsn: L levels).
+  diffusion.mean_type = "eps"  # What the network predicts: eps | x0 | mean | v (score objectives: eps | x0 | v).
   # Reverse-process variance: fixedlarge | fixedsmall | learned | learned_range.
   diffusion.var_type = "fixedlarge"
   diffusion.loss_type = "mse"  # mse (L_simple) | rescaled_mse (L_hybrid) | kl | rescaled_kl
+  # Training objective: ddpm (the losses above on the discrete chain of beta_schedule) |
+  # score_sde (continuous-time denoising score matching on diffusion.sde, Song et al. 2021) |
+  # ncsn (NCSN's loss on num_timesteps geometric sigma levels, Song & Ermon 2019). Score models
+  # are sampled with the score-based samplers (pc, annealed_langevin).
+  diffusion.objective = "ddpm"
+  diffusion.sde = "vp"  # score_sde's forward SDE: vp | subvp | ve (ncsn always uses ve levels).
+  diffusion.beta_min = 0.1  # vp / subvp: beta(0) of the linear beta(t) (0.1 with 20: DDPM's chain).
+  diffusion.beta_max = 20.0  # vp / subvp: beta(1); num_timesteps must exceed it.
+  diffusion.sigma_min = 0.01  # ve / ncsn: smallest noise std, in units of the [-1, 1] data.
+  diffusion.sigma_max = 50.0  # ve / ncsn: largest noise std (~ the largest distance between images).
+  diffusion.sde_weighting = "sigma2"  # score_sde loss weight lambda(t): sigma2 | likelihood (g(t)^2).
+  diffusion.sde_eps = 1e-5  # score_sde: training times t ~ U(sde_eps, 1).
 
   # --- Training (diffusion_jax.train). -------------------------------------------------------
   config.training = training = config_dict.ConfigDict()
@@ -90,7 +102,9 @@ def get_config() -> config_dict.ConfigDict:
   # options, defaults, meaning and allowed values; `python -m diffusion_jax.samplers` prints
   # them): sampling.ddim (eta, spacing), sampling.dpm_solver (order, method, time_grid,
   # final_step, lower_order_final, integer_timesteps, thresholding, thresholding_ratio,
-  # thresholding_max_value), sampling.analytic (spacing, clip_last_steps, num_samples). Only
+  # thresholding_max_value), sampling.analytic (spacing, clip_last_steps, num_samples),
+  # sampling.pc (predictor, corrector, snr, n_corrector_steps, denoise, time_input),
+  # sampling.annealed_langevin (n_steps_each, step_size, denoise, init, time_input). Only
   # the section of the selected sampler is read, e.g. --config.sampling.ddim.eta=1.0.
   sampling.update(samplers.registry.config_sections())
 

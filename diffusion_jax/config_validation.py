@@ -11,7 +11,7 @@ from typing import Any
 
 import ml_collections
 
-from diffusion_jax import diffusion, errors, losses, schedules, timestep_sampling
+from diffusion_jax import diffusion, errors, experiment, losses, schedules, timestep_sampling
 from diffusion_jax.evaluation import scorers
 from diffusion_jax.samplers import registry
 
@@ -50,6 +50,56 @@ def _check_divisible(config: ml_collections.ConfigDict, field: str, num_devices:
     _fail(field, value,
           f"the batch size is GLOBAL and must be divisible by the {num_devices} devices; use "
           f"e.g. --config.{field}={lower} or --config.{field}={lower + num_devices}.")
+
+
+def _check_score_objective(config: ml_collections.ConfigDict) -> None:
+  """The fields a score-matching objective (score_sde, ncsn) reads, and what it cannot do."""
+  d = config.diffusion
+  objective = d.objective
+  kind = "ve" if objective == "ncsn" else d.sde
+  if objective == "score_sde":
+    _check_choice(config, "diffusion.sde", experiment.SDE_KINDS)
+    _check_choice(config, "diffusion.sde_weighting", losses.SCORE_WEIGHTINGS)
+    if not 0.0 <= d.sde_eps < 1.0:
+      _fail("diffusion.sde_eps", d.sde_eps, "must be in [0, 1); Song et al. use 1e-5.")
+  allowed = ("eps", "x0", "v") if kind == "vp" else ("eps", "x0")
+  if d.mean_type not in allowed:
+    _fail("diffusion.mean_type", d.mean_type,
+          f"objective={objective!r} on the {kind} SDE trains a network predicting one of "
+          f"{', '.join(map(repr, allowed))} (v needs a variance-preserving SDE).")
+  if d.var_type in diffusion.LEARNED_VAR_TYPES:
+    _fail("diffusion.var_type", d.var_type,
+          f"objective={objective!r} has no reverse-process variance to learn; use 'fixedlarge'.")
+  if d.loss_type != "mse":
+    _fail("diffusion.loss_type", d.loss_type,
+          f"applies to objective='ddpm' only; leave it 'mse' with objective={objective!r} (its "
+          "weighting is diffusion.sde_weighting).")
+  if config.training.timestep_sampler != "uniform":
+    _fail("training.timestep_sampler", config.training.timestep_sampler,
+          "importance sampling of t applies to objective='ddpm' only; use 'uniform'.")
+  if kind == "ve":
+    if not 0.0 < d.sigma_min < d.sigma_max:
+      _fail("diffusion.sigma_min", d.sigma_min,
+            f"need 0 < sigma_min < sigma_max (= {d.sigma_max}).")
+    if d.num_timesteps < 2:
+      _fail("diffusion.num_timesteps", d.num_timesteps, "the VE SDE needs >= 2 levels.")
+  else:
+    if not 0.0 < d.beta_min <= d.beta_max:
+      _fail("diffusion.beta_min", d.beta_min, f"need 0 < beta_min <= beta_max (= {d.beta_max}).")
+    if not d.beta_max < d.num_timesteps:
+      _fail("diffusion.num_timesteps", d.num_timesteps,
+            f"the VP chain's betas are beta(t) / N, so N must exceed beta_max = {d.beta_max}; "
+            "use e.g. 1000.")
+  sampler = registry.get(config.sampling.sampler) if config.sampling.sampler in registry.names() else None
+  if sampler is not None and not sampler.accepts_sde:
+    score_samplers = [n for n in registry.names() if registry.get(n).accepts_sde]
+    _fail("sampling.sampler", sampler.name,
+          f"objective={objective!r} trains a score model on an SDE; sample it with one of "
+          f"{', '.join(map(repr, score_samplers))}.")
+  if config.eval.compute_bpd:
+    _fail("eval.compute_bpd", True,
+          f"the DDPM bound does not apply to objective={objective!r} (a score model's likelihood "
+          "is the probability-flow ODE's); set eval.compute_bpd=False.")
 
 
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
@@ -107,6 +157,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
   _check_choice(config, "diffusion.mean_type", diffusion.MEAN_TYPES)
   _check_choice(config, "diffusion.var_type", diffusion.VAR_TYPES)
   _check_choice(config, "diffusion.loss_type", losses.LOSS_TYPES)
+  _check_choice(config, "diffusion.objective", experiment.OBJECTIVES)
+  if config.diffusion.objective != "ddpm":
+    _check_score_objective(config)
 
   # Training.
   training = config.training

@@ -219,24 +219,35 @@ def p_mean_variance(schedule: DiffusionSchedule, model_output: jnp.ndarray, x_t:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class GaussianDiffusion:
-  """What a trained model's diffusion is: the schedule and what the network outputs.
+  """What a trained model's diffusion is: the process it was trained on and what it outputs.
 
   Built once from `config.diffusion` (`experiment.create_diffusion`) and handed to the losses,
   the samplers and the bits/dim loop, e.g.
-  `samplers.sample(model_fn, d.schedule, shape, key, **d.parameterization)`.
+  `samplers.sample(model_fn, d.process, shape, key, **d.parameterization)`.
 
   Attributes:
-    schedule: the (concrete) training schedule.
-    mean_type: what the network predicts (MEAN_TYPES).
+    schedule: the (concrete) training schedule of a DDPM-objective model; None for a model
+      trained with a score-matching objective on `sde`.
+    mean_type: what the network predicts (MEAN_TYPES; eps, x0 or v with an SDE).
     var_type: the reverse-process variance (VAR_TYPES).
+    sde: the `sde.SDE` of a score-matching model (objective score_sde or ncsn), else None.
   """
-  schedule: DiffusionSchedule
+  schedule: DiffusionSchedule | None
   mean_type: MeanType = "eps"
   var_type: VarType = "fixedlarge"
+  sde: object = None
 
   def __post_init__(self):
     check_option("mean_type", self.mean_type, MEAN_TYPES)
     check_option("var_type", self.var_type, VAR_TYPES)
+    if (self.schedule is None) == (self.sde is None):
+      raise ValueError("GaussianDiffusion needs exactly one of a schedule (DDPM objective) and an "
+                       "sde (score-matching objective).")
+
+  @property
+  def process(self):
+    """What samplers take: the schedule, or the SDE of a score-matching model."""
+    return self.schedule if self.sde is None else self.sde
 
   @property
   def parameterization(self) -> dict:

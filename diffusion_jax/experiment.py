@@ -14,10 +14,12 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from diffusion_jax import diffusion, schedules, timestep_sampling, train_state
+from diffusion_jax import diffusion, schedules, sde as sde_lib, timestep_sampling, train_state
 from diffusion_jax.models import UNet
 
 KEY_NAMES = ("init", "train", "sample", "eval")
+OBJECTIVES = ("ddpm", "score_sde", "ncsn")  # config.diffusion.objective
+SDE_KINDS = ("vp", "subvp", "ve")  # config.diffusion.sde
 
 
 def create_model(config: ml_collections.ConfigDict) -> UNet:
@@ -35,10 +37,24 @@ def create_schedule(config: ml_collections.ConfigDict) -> schedules.DiffusionSch
   return schedules.DiffusionSchedule.from_betas(betas)
 
 
+def create_sde(config: ml_collections.ConfigDict) -> sde_lib.SDE:
+  """The SDE of a score-matching objective: diffusion.sde with N = diffusion.num_timesteps steps
+  (objective "ncsn": the VE SDE whose N steps are NCSN's L geometric levels)."""
+  d = config.diffusion
+  kind = "ve" if d.objective == "ncsn" else d.sde
+  if kind == "ve":
+    return sde_lib.VESDE(sigma_min=d.sigma_min, sigma_max=d.sigma_max, N=d.num_timesteps)
+  cls = sde_lib.VPSDE if kind == "vp" else sde_lib.subVPSDE
+  return cls(beta_min=d.beta_min, beta_max=d.beta_max, N=d.num_timesteps)
+
+
 def create_diffusion(config: ml_collections.ConfigDict) -> diffusion.GaussianDiffusion:
-  """The schedule and output parameterization of `config.diffusion`."""
-  return diffusion.GaussianDiffusion(create_schedule(config), config.diffusion.mean_type,
-                                     config.diffusion.var_type)
+  """The process (schedule, or SDE for a score-matching objective) and output parameterization
+  of `config.diffusion`."""
+  d = config.diffusion
+  if d.objective == "ddpm":
+    return diffusion.GaussianDiffusion(create_schedule(config), d.mean_type, d.var_type)
+  return diffusion.GaussianDiffusion(None, d.mean_type, d.var_type, sde=create_sde(config))
 
 
 def base_keys(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:

@@ -57,7 +57,7 @@ def prepare_sampler(config: ml_collections.ConfigDict, model: nn.Module,
         f"config.sampling.sampler={spec.name!r}: its prepare step supports unconditional models "
         "only; set model.num_classes to None or choose another sampler.")
   start = time.time()
-  prepared = samplers.prepare(make_model_fn(model, params), diffusion_.schedule,
+  prepared = samplers.prepare(make_model_fn(model, params), diffusion_.process,
                               experiment.base_keys(config)["sample"],
                               _load_train_images(config), sampler=spec.name,
                               **diffusion_.parameterization,
@@ -95,7 +95,7 @@ def make_sampler(config: ml_collections.ConfigDict, model: nn.Module,
     labels = (jax.random.randint(label_key, (per_device,), 0, num_classes) if num_classes
               else jnp.zeros((per_device,), jnp.int32))
     model_fn = make_model_fn(model, params, labels=labels if num_classes else None)
-    return samplers.sample(model_fn, diffusion_.schedule, shape, key, **options), labels
+    return samplers.sample(model_fn, diffusion_.process, shape, key, **options), labels
 
   p_sample = parallel.pmap(sample_on_device, mesh, in_axes=(0, None))
 

@@ -1,4 +1,5 @@
-"""Training objectives and likelihood evaluation: L_simple, L_vlb, L_hybrid and bits/dim.
+"""Training objectives and likelihood evaluation: L_simple, L_vlb, L_hybrid, bits/dim, and the
+score-matching objectives of NCSN and the score SDEs.
 
 Conventions (docs/conventions.md): per-example losses are means over all non-batch dimensions;
 variational terms are reported in bits per dimension (nats / ln 2); the t = 0 term is the
@@ -15,7 +16,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax import diffusion
+from diffusion_jax import diffusion, sde as sde_lib
 from diffusion_jax.diffusion import MeanType, VarType, check_option
 from diffusion_jax.schedules import DiffusionSchedule, model_timesteps
 
@@ -220,3 +221,94 @@ def calc_bpd_loop(model_fn: ModelFn, schedule: DiffusionSchedule, x_start: jnp.n
   prior = prior_bpd(schedule, x_start)
   return BpdTerms(total_bpd=jnp.sum(terms, axis=1) + prior, prior_bpd=prior, terms_bpd=terms,
                   xstart_mse=xstart_mse, eps_mse=eps_mse)
+
+
+# ---------------------------------------------------------------------------------------------
+# Denoising score matching (Vincent 2011; NCSN, Song & Ermon 2019; score SDEs, Song et al. 2021).
+
+ScoreWeighting = Literal["sigma2", "likelihood"]
+Reduction = Literal["mean", "sum"]
+SCORE_WEIGHTINGS: tuple[str, ...] = ("sigma2", "likelihood")
+REDUCTIONS: tuple[str, ...] = ("mean", "sum")
+
+
+def score_matching_losses(model_fn: ModelFn, sde: sde_lib.SDE, x_start: jnp.ndarray, t: jnp.ndarray,
+                          noise: jnp.ndarray, *, prediction: sde_lib.Prediction = "eps",
+                          time_input: sde_lib.TimeInput = "continuous",
+                          weighting: ScoreWeighting = "sigma2", reduce: Reduction = "mean",
+                          var_type: VarType = "fixedlarge") -> LossTerms:
+  """Per-example denoising score matching at times t (Song et al. 2021, Eq. 7).
+
+  x_t = a(t) x_0 + sigma(t) z and the model's score s must match grad log p(x_t | x_0) = -z / sigma:
+
+    loss = lambda(t) || s(x_t, t) + z / sigma ||^2 = (lambda / sigma^2) || sigma s + z ||^2,
+
+  - weighting="sigma2": lambda = sigma^2, || sigma s + z ||^2. For an eps model (s = -eps / sigma)
+    this is || eps - z ||^2, DDPM's L_simple in continuous time (and exactly L_simple on the
+    discrete chain with time_input="discrete").
+  - weighting="likelihood": lambda = g(t)^2, which makes the time integral of the loss an upper
+    bound on the negative log-likelihood (Song et al. 2021b, "likelihood weighting"); its
+    variance is large near t = 0 (g^2 / sigma^2 ~ 1 / t for VP).
+
+  Draw t ~ U(eps, 1) with eps = 1e-5 (`timestep_sampling.sample_continuous_times`).
+  Unlike the paper's sum over dimensions, `reduce="mean"` averages them, as L_simple does here
+  (the scale does not matter to Adam; "sum" gives the paper's).
+
+  Args:
+    model_fn: model_fn(x_t, time) -> output [B, ...] (time as `sde.model_time` gives it).
+    sde: the forward SDE.
+    x_start: x_0 [B, ...].
+    t: times [B] in (0, 1].
+    noise: z [B, ...].
+    prediction, time_input, var_type: the model's conventions (`sde.score_fn_from_model`).
+    weighting: "sigma2" or "likelihood".
+    reduce: "mean" or "sum" over the non-batch dimensions.
+
+  Returns:
+    LossTerms with loss [B].
+  """
+  check_option("weighting", weighting, SCORE_WEIGHTINGS)
+  check_option("reduce", reduce, REDUCTIONS)
+  chex.assert_equal_shape([x_start, noise])
+  t = sde_lib.batch_time(x_start, t)
+  a, std = (sde_lib.expand(c, x_start) for c in sde_lib.model_marginal_coefs(sde, t, time_input))
+  x_t = a * x_start + std * noise
+  score = sde_lib.score_fn_from_model(model_fn, sde, prediction=prediction, time_input=time_input,
+                                      var_type=var_type)(x_t, t)
+  residual = jnp.square(std * score + noise)
+  loss = mean_flat(residual) if reduce == "mean" else jnp.sum(residual.reshape(residual.shape[0], -1), -1)
+  if weighting == "likelihood":
+    g = sde.sde(x_t, t)[1].reshape(-1)
+    loss = loss * jnp.square(g / std.reshape(-1))
+  return LossTerms(loss=loss)
+
+
+def ncsn_losses(model_fn: ModelFn, sde: sde_lib.SDE, x_start: jnp.ndarray, levels: jnp.ndarray,
+                noise: jnp.ndarray, *, prediction: sde_lib.Prediction = "score",
+                time_input: sde_lib.TimeInput = "discrete", reduce: Reduction = "mean") -> LossTerms:
+  """NCSN's objective (Song & Ermon 2019, Eqs. 5-6) at noise levels `levels`, lambda(sigma) = sigma^2.
+
+  loss = || sigma_i s(x_0 + sigma_i z, i) + z ||^2 with the network conditioned on the level
+  index i (an int32 step of `sde`, usually `VESDE(sigma_min=sigma_L, sigma_max=sigma_1, N=L)`;
+  NCSN's level i = 1..L, largest first, is our step L - i). Draw the levels uniformly
+  (`timestep_sampling.sample_timesteps` with num_timesteps = L); the paper's 1/2 and sum over
+  dimensions are dropped as in `score_matching_losses` (reduce="sum" restores the sum).
+
+  With prediction="eps" the network outputs -sigma_i s, NCSNv2's parameterization s = f / sigma_i
+  (Song & Ermon 2020, technique 3) up to the sign, which keeps the output's scale O(1); with
+  time_input="continuous" the network sees the level as a float (`sde.time_to_step`, equal to i at
+  the levels), the convention the trainer uses for every score model.
+
+  Args:
+    model_fn: model_fn(x_noisy, level int32 [B]) -> score (or what `prediction` says).
+    sde: the levels.
+    x_start: x_0 [B, ...].
+    levels: int32 [B] in [0, N).
+    noise: z [B, ...].
+
+  Returns:
+    LossTerms with loss [B].
+  """
+  t = sde.step_to_time(jnp.asarray(levels, jnp.float32))
+  return score_matching_losses(model_fn, sde, x_start, t, noise, prediction=prediction,
+                               time_input=time_input, weighting="sigma2", reduce=reduce)

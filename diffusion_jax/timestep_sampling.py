@@ -235,3 +235,11 @@ def gather_and_update(history: LossHistory, t: jnp.ndarray, losses: jnp.ndarray,
   t_all = jax.lax.all_gather(t, axis_name, tiled=True)
   losses_all = jax.lax.all_gather(jax.lax.stop_gradient(losses), axis_name, tiled=True)
   return update_loss_history(history, t_all, losses_all)
+
+
+def sample_continuous_times(key: jax.Array, shape, *, eps: float = 1e-5) -> jnp.ndarray:
+  """t ~ U(eps, 1), float32 of `shape`: the times of continuous-time score matching (Song et al.
+  2021 use eps = 1e-5, which keeps sigma(t) and the score's scale finite)."""
+  if not 0.0 <= eps < 1.0:
+    raise ValueError(f"eps={eps} must lie in [0, 1).")
+  return jax.random.uniform(key, shape, minval=eps, maxval=1.0)

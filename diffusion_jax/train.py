@@ -17,7 +17,7 @@ import contextlib
 import json
 import os
 import signal
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from absl import logging
 import flax.linen as nn
@@ -43,7 +43,10 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
 
   One step (DDPM Algorithm 1, with Improved DDPM's options): draw t and eps per example, take
   the loss of `losses.training_losses` (weighted for importance-sampled t), average gradients
-  over devices, clip, Adam, then update the EMA and the timestep-loss history.
+  over devices, clip, Adam, then update the EMA and the timestep-loss history. With a
+  score-matching objective (config.diffusion.objective) t is a continuous time ~ U(sde_eps, 1)
+  ("score_sde", `losses.score_matching_losses`) or a uniformly drawn noise level ("ncsn",
+  `losses.ncsn_losses`), and the model sees the fractional step `sde.time_to_step(t)`.
 
   Args:
     config: the run config (diffusion, model and training sections are read).
@@ -57,6 +60,7 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
   """
   train_key = experiment.base_keys(config)["train"]
   schedule = diffusion_.schedule
+  objective = score_objective(config, diffusion_)
   tcfg = config.training
   lr_schedule = train_state.learning_rate_schedule(config)
   conditional = bool(config.model.num_classes)
@@ -77,15 +81,21 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
                                                 history=state.loss_history)
       return t[0], w[0]
 
-    t, weights = jax.vmap(draw_t)(keys[:, 0])
+    if objective is None:
+      t, weights = jax.vmap(draw_t)(keys[:, 0])
+    else:
+      t, weights = jax.vmap(objective.draw)(keys[:, 0]), jnp.ones((n,), jnp.float32)
     noise = jax.vmap(lambda k: jax.random.normal(k, images.shape[1:], images.dtype))(keys[:, 1])
 
     def loss_fn(params):
       model_fn = make_model_fn(model, params, labels=batch["label"] if conditional else None,
                                train=True, dropout_keys=keys[:, 2] if uses_dropout else None)
-      terms = losses.training_losses(model_fn, schedule, images, t, noise,
-                                     loss_type=config.diffusion.loss_type,
-                                     **diffusion_.parameterization)
+      if objective is None:
+        terms = losses.training_losses(model_fn, schedule, images, t, noise,
+                                       loss_type=config.diffusion.loss_type,
+                                       **diffusion_.parameterization)
+      else:
+        terms = objective.loss(model_fn, images, t, noise)
       return jnp.mean(weights * terms.loss), terms
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -108,6 +118,29 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
     return new_state, jax.lax.pmean(metrics, parallel.AXIS)
 
   return step
+
+
+class ScoreObjective(NamedTuple):
+  """A score-matching objective: draw(key) -> one example's time; loss(model_fn, x_0, t, noise)."""
+  draw: Callable[[jax.Array], jnp.ndarray]
+  loss: Callable[..., losses.LossTerms]
+
+
+def score_objective(config: ml_collections.ConfigDict, diffusion_: diffusion.GaussianDiffusion
+                    ) -> Optional[ScoreObjective]:
+  """The score-matching objective of config.diffusion.objective, or None for "ddpm"."""
+  d = config.diffusion
+  sde, kw = diffusion_.sde, dict(prediction=d.mean_type, time_input="continuous")
+  if d.objective == "score_sde":
+    return ScoreObjective(
+        draw=lambda key: timestep_sampling.sample_continuous_times(key, (), eps=d.sde_eps),
+        loss=lambda model_fn, x, t, z: losses.score_matching_losses(
+            model_fn, sde, x, t, z, weighting=d.sde_weighting, var_type=d.var_type, **kw))
+  if d.objective == "ncsn":
+    return ScoreObjective(
+        draw=lambda key: jax.random.randint(key, (), 0, sde.N),
+        loss=lambda model_fn, x, levels, z: losses.ncsn_losses(model_fn, sde, x, levels, z, **kw))
+  return None
 
 
 def pmap_train_step(step: TrainStep, mesh: jax.sharding.Mesh) -> TrainStep:

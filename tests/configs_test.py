@@ -14,7 +14,7 @@ from diffusion_jax.models import UNet
 from diffusion_jax.samplers import registry
 
 CONFIGS = ["default", "tiny", "digits", "cifar10", "celebahq", "lsun_bedroom", "lsun_church",
-           "lsun_cat"]
+           "lsun_cat", "vp_digits", "ncsn_digits", "vp_cifar10", "ve_cifar10"]
 
 
 def _num_params(config) -> int:

@@ -100,7 +100,7 @@ class UNet(nn.Module):
           f"image size {hgt}x{wid} is not divisible by 2**(len(ch_mult)-1) = {factor} "
           f"(ch_mult={self.ch_mult}); pad/resize the images or use a shorter ch_mult.")
     if t.shape != (b,):
-      raise ValueError(f"t must be an int32 array of shape [B] = ({b},), got shape {t.shape}.")
+      raise ValueError(f"t must be an array of shape [B] = ({b},) (int steps or float times), got shape {t.shape}.")
     if self.num_classes:
       if y is None:
         raise ValueError(f"num_classes={self.num_classes}: the model is class-conditional, "
@@ -121,7 +121,10 @@ class UNet(nn.Module):
 
     Args:
       x: [B, H, W, C] noisy images; H and W divisible by 2**(len(ch_mult) - 1).
-      t: [B] int32 timesteps, the original index in [0, T).
+      t: [B] timesteps: int32 steps (the original index in [0, T)) or float32 for
+        continuous-time models (the fractional step `sde.SDE.time_to_step(t)`, on the same
+        scale, e.g. N t - 1 for VP); the sinusoidal embedding takes both, and an integer-valued
+        float gives exactly the int's output.
       y: [B] int32 class labels, required iff `num_classes` > 0.
       train: enables dropout (needs a 'dropout' rng: `rngs={'dropout': key}`).
 

@@ -10,6 +10,11 @@ diffusion_jax.samplers` lists every sampler with its options. Built in:
   dpm_solver++    DPM-Solver++ (data prediction), orders 1-3
   analytic_ddpm   Analytic-DPM's optimal variance on the DDPM-type process (prepared: ms_eps)
   analytic_ddim   Analytic-DPM's optimal variance on the DDIM-type process (prepared: ms_eps)
+  pc              predictor-corrector sampling of the reverse SDE (Song et al. 2021), `pc.pc_sample_loop`
+  annealed_langevin  NCSN's annealed Langevin dynamics, `langevin.annealed_langevin_sample`
+
+The last two take an `sde.SDE` in place of the schedule too (models trained with a
+score-matching objective); on a DDPM schedule they run its exact `sde.PiecewiseVPSDE`.
 """
 
 from __future__ import annotations
@@ -20,17 +25,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import schedules
+from diffusion_jax import schedules, sde as sde_lib
 from diffusion_jax.diffusion import MeanType, VarType
 from diffusion_jax.samplers import registry  # before the samplers, which register in it
 # Registration order is the listing order.
 from diffusion_jax.samplers import ancestral, ddim, dpm_solver, analytic, grids  # noqa: F401,I001
+from diffusion_jax.samplers import pc, langevin  # noqa: F401,I001
 
 ModelFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 SAMPLERS: tuple[str, ...] = registry.names()  # the built-in ones; registry.names() has all
 
 
-def sample(model_fn: ModelFn, schedule: schedules.DiffusionSchedule, shape: Sequence[int],
+def sample(model_fn: ModelFn, schedule: schedules.DiffusionSchedule | sde_lib.SDE, shape: Sequence[int],
            key: jax.Array, *, sampler: str = "ancestral", num_steps: int | None = None,
            mean_type: MeanType = "eps", var_type: VarType = "fixedlarge",
            clip_denoised: bool = True, x_T: jnp.ndarray | None = None,
@@ -41,6 +47,7 @@ def sample(model_fn: ModelFn, schedule: schedules.DiffusionSchedule, shape: Sequ
     model_fn: model_fn(x_t [B, H, W, C], t [B]) -> output (t: the ORIGINAL timestep).
     schedule: the diffusion the model was trained with; must be concrete (closed over) for
       every sampler but "ancestral" on the full chain, since grids are computed in numpy.
+      Samplers declared with `accepts_sde` also take the `sde.SDE` of a score-matching model.
     shape: [B, H, W, C].
     key: PRNG key.
     sampler: a registered name (`registry.names()`).
@@ -64,10 +71,21 @@ def sample(model_fn: ModelFn, schedule: schedules.DiffusionSchedule, shape: Sequ
                      f"prepare step: compute it with samplers.prepare(...) or "
                      f"{spec.prepare.__module__}.{spec.prepare.__name__}.")
   resolved = registry.resolve_options(sampler, options, num_steps=num_steps,
-                                      num_timesteps=schedule.num_timesteps)
+                                      num_timesteps=num_timesteps_of(schedule, spec))
   return spec.run(model_fn, schedule, tuple(shape), key, num_steps=num_steps,
                   mean_type=mean_type, var_type=var_type, clip_denoised=clip_denoised, x_T=x_T,
                   return_trajectory=return_trajectory, **resolved, **prepared)
+
+
+def num_timesteps_of(process: schedules.DiffusionSchedule | sde_lib.SDE, spec: registry.Sampler) -> int:
+  """The number of discrete steps of a schedule (T) or an SDE (N); an SDE needs an SDE sampler."""
+  if isinstance(process, sde_lib.SDE):
+    if not spec.accepts_sde:
+      raise ValueError(f"sampler={spec.name!r} needs a DDPM schedule, but the model was trained on "
+                       f"{type(process).__name__} (a score-matching objective); use one of "
+                       f"{', '.join(repr(s.name) for s in map(registry.get, registry.names()) if s.accepts_sde)}.")
+    return process.N
+  return process.num_timesteps
 
 
 def prepare(model_fn: ModelFn, schedule: schedules.DiffusionSchedule, key: jax.Array,
@@ -89,6 +107,6 @@ def prepare(model_fn: ModelFn, schedule: schedules.DiffusionSchedule, key: jax.A
   if spec.prepare is None:
     return {}
   resolved = registry.resolve_options(sampler, options, num_steps=None,
-                                      num_timesteps=schedule.num_timesteps)
+                                      num_timesteps=num_timesteps_of(schedule, spec))
   return spec.prepare(model_fn, schedule, key, load_images, mean_type=mean_type,
                       var_type=var_type, **resolved)

@@ -86,6 +86,8 @@ class Sampler:
     prepared: names of the keyword arguments `prepare` returns.
     check: optional cross-option check: check(options, num_steps, num_timesteps) -> problem text
       or None (e.g. an option that needs another one).
+    accepts_sde: `run` also takes an `sde.SDE` in place of the schedule (the score-based
+      samplers, which can sample models trained with a score-matching objective).
   """
   name: str
   run: Callable[..., Any]
@@ -95,6 +97,7 @@ class Sampler:
   prepare: Optional[Callable[..., dict]] = None
   prepared: tuple[str, ...] = ()
   check: Optional[Callable[[dict, Optional[int], int], Optional[str]]] = None
+  accepts_sde: bool = False
 
   @property
   def config_section(self) -> str:

@@ -1,0 +1,27 @@
+"""Continuous-time VP SDE (score matching, Song et al. 2021) on the 8x8 digits, on a laptop CPU.
+
+  python main.py --config=configs/vp_digits.py --workdir=/tmp/vp_digits
+
+The digits demo's network and optimizer (configs/digits.py), trained with continuous denoising
+score matching on VPSDE(0.1, 20): t ~ U(1e-5, 1), eps prediction, sigma^2 weighting. Sampled
+with the predictor-corrector sampler: 200 Euler-Maruyama steps of the reverse SDE, no corrector,
+the final denoising step. RESULT is filled in from a measured run (see the README).
+"""
+
+from configs import digits
+
+
+def get_config():
+  """Returns the continuous VP digits configuration."""
+  config = digits.get_config()
+  config.diffusion.objective = "score_sde"
+  config.diffusion.sde = "vp"
+  config.diffusion.num_timesteps = 1000  # N: the discrete predictors' steps
+  config.diffusion.mean_type = "eps"
+
+  config.sampling.sampler = "pc"
+  config.sampling.num_steps = 200
+  config.sampling.pc.predictor = "euler_maruyama"
+  config.sampling.pc.corrector = "none"
+  config.eval.compute_bpd = False
+  return config
