@@ -152,6 +152,12 @@ def u_from_lambda(schedule: DiffusionSchedule, lam: np.ndarray) -> np.ndarray:
   return np.interp(log_alpha, table[::-1], np.arange(table.shape[0], dtype=np.float64)[::-1])
 
 
+def model_time_at(schedule: DiffusionSchedule, u: np.ndarray) -> np.ndarray:
+  """The ORIGINAL timestep to show the model at continuous steps u (`timestep_map` interpolated)."""
+  timestep_map = np.asarray(schedule.timestep_map, np.float64)
+  return np.interp(np.asarray(u, np.float64), np.arange(timestep_map.shape[0]), timestep_map)
+
+
 def continuous_timesteps(schedule: DiffusionSchedule, num_points: int, kind: TimeGridName = "logSNR",
                          *, rho: float = 7.0) -> np.ndarray:
   """A decreasing grid of continuous steps u from T-1 to 0 (DPM-Solver's `get_time_steps`).
@@ -226,8 +232,7 @@ class TimeGrid:
     alpha = np.exp(log_alpha)
     sigma = np.sqrt(-np.expm1(2.0 * log_alpha))
     lam = log_alpha - np.log(sigma)
-    timestep_map = np.asarray(schedule.timestep_map, np.float64)
-    model_t = np.interp(u, np.arange(timestep_map.shape[0]), timestep_map)
+    model_t = model_time_at(schedule, u)
     if final == "zero":
       u, alpha, sigma, lam, model_t = (np.append(a, v) for a, v in (
           (u, np.nan), (alpha, 1.0), (sigma, 0.0), (lam, np.inf), (model_t, np.nan)))
