@@ -3,12 +3,14 @@
 This is the project's oracle for samplers and likelihoods: plugged in as `model_fn`, it is the
 best possible network, so a sampler's error measured with it is the sampler's own error.
 
-Data: x_0 ~ sum_k w_k N(mu_k, s_k^2 I) in D = prod(event_shape) dimensions. Under the forward
-process x_t = a x_0 + sigma eps (a = sqrt(abar_t), sigma^2 = 1 - abar_t):
+Data: x_0 ~ sum_k w_k N(mu_k, s_k^2 I) in D = prod(event_shape) dimensions. Under any Gaussian
+perturbation x_t = a x_0 + sigma eps (DDPM: a = sqrt(abar_t), sigma^2 = 1 - abar_t; the SDEs of
+`diffusion_jax.sde`: a(t), sigma(t) of `marginal_coefs`, VE included with a = 1):
   p(x_t | k) = N(a mu_k, v_k I), v_k = a^2 s_k^2 + sigma^2,
   E[x_0 | x_t, k] = mu_k + (a s_k^2 / v_k)(x_t - a mu_k),
   Var[x_0 | x_t, k] = s_k^2 sigma^2 / v_k (per dimension),
-and E[x_0 | x_t] averages the component means with the posterior responsibilities.
+and E[x_0 | x_t] averages the component means with the posterior responsibilities. The score
+follows by Tweedie's formula, grad log p(x_t) = (a E[x_0 | x_t] - x_t) / sigma^2.
 """
 
 from __future__ import annotations
@@ -53,35 +55,56 @@ class GaussianMixture:
     stds = self.stds[labels].reshape((num,) + (1,) * len(self.event_shape))
     return self.means[labels] + stds * noise, labels.astype(jnp.int32)
 
-  def _component_terms(self, x_t: jnp.ndarray, abar: jnp.ndarray):
-    """Responsibilities [B, K] and per-component posterior means [B, K, D]."""
-    batch = x_t.shape[0]
-    x = x_t.reshape(batch, 1, -1)
+  def _component_terms(self, x: jnp.ndarray, scale: jnp.ndarray, std: jnp.ndarray):
+    """For x = scale x_0 + std z (scale, std [B]): responsibilities [B, K], log w_k p(x | k) [B, K],
+    residuals x - a mu_k [B, K, D] and variances v_k [B, K, 1]."""
+    batch = x.shape[0]
+    x = x.reshape(batch, 1, -1)
     mus = self.means.reshape(1, self.means.shape[0], -1)
     dim = x.shape[-1]
-    a = jnp.sqrt(abar).reshape(batch, 1, 1)
+    a = scale.reshape(batch, 1, 1)
     s2 = jnp.square(self.stds).reshape(1, -1, 1)
-    v = a**2 * s2 + (1.0 - abar).reshape(batch, 1, 1)
+    v = a**2 * s2 + jnp.square(std).reshape(batch, 1, 1)
     resid = x - a * mus
     log_lik = -0.5 * (jnp.sum(resid**2, axis=-1) / v[..., 0] + dim * jnp.log(2 * jnp.pi * v[..., 0]))
-    resp = jax.nn.softmax(jnp.log(self.weights)[None, :] + log_lik, axis=-1)
-    return resp, mus + (a * s2 / v) * resid
+    log_joint = jnp.log(self.weights)[None, :] + log_lik
+    return jax.nn.softmax(log_joint, axis=-1), log_joint, resid, v
+
+  def perturbed_posterior_mean(self, x: jnp.ndarray, scale: jnp.ndarray, std: jnp.ndarray) -> jnp.ndarray:
+    """E[x_0 | x] for x = scale x_0 + std z, z ~ N(0, I); x [B, *event_shape], scale, std [B]."""
+    resp, _, resid, v = self._component_terms(x, scale, std)
+    a = scale.reshape(-1, 1, 1)
+    cond_means = self.means.reshape(1, self.means.shape[0], -1) + (a * jnp.square(self.stds)[None, :, None] / v) * resid
+    return jnp.einsum("bk,bkd->bd", resp, cond_means).reshape(x.shape)
+
+  def perturbed_log_prob(self, x: jnp.ndarray, scale: jnp.ndarray, std: jnp.ndarray) -> jnp.ndarray:
+    """log p(x) [B] of x = scale x_0 + std z."""
+    return jax.nn.logsumexp(self._component_terms(x, scale, std)[1], axis=-1)
+
+  def perturbed_score(self, x: jnp.ndarray, scale: jnp.ndarray, std: jnp.ndarray) -> jnp.ndarray:
+    """grad_x log p(x) = sum_k r_k (a mu_k - x) / v_k of x = scale x_0 + std z, [B, *event_shape].
+
+    Equal to Tweedie's (a E[x_0 | x] - x) / std^2, but without its cancellation at small std.
+    """
+    resp, _, resid, v = self._component_terms(x, scale, std)
+    return -jnp.einsum("bk,bkd->bd", resp, resid / v).reshape(x.shape)
 
   def posterior_mean(self, x_t: jnp.ndarray, abar: jnp.ndarray) -> jnp.ndarray:
-    """E[x_0 | x_t] for x_t [B, *event_shape] at noise levels abar [B]."""
-    resp, cond_means = self._component_terms(x_t, abar)
-    return jnp.einsum("bk,bkd->bd", resp, cond_means).reshape(x_t.shape)
+    """E[x_0 | x_t] for x_t [B, *event_shape] at DDPM noise levels abar [B]."""
+    return self.perturbed_posterior_mean(x_t, jnp.sqrt(abar), jnp.sqrt(1.0 - abar))
 
   def marginal_log_prob(self, x_t: jnp.ndarray, abar: jnp.ndarray) -> jnp.ndarray:
-    """log q_t(x_t) [B], the density of the noised data at noise level abar [B]."""
-    batch = x_t.shape[0]
-    x = x_t.reshape(batch, 1, -1)
-    dim = x.shape[-1]
-    a = jnp.sqrt(abar).reshape(batch, 1)
-    v = a**2 * jnp.square(self.stds)[None] + (1.0 - abar).reshape(batch, 1)
-    resid2 = jnp.sum((x - a[..., None] * self.means.reshape(1, self.means.shape[0], -1))**2, axis=-1)
-    log_lik = -0.5 * (resid2 / v + dim * jnp.log(2 * jnp.pi * v))
-    return jax.nn.logsumexp(jnp.log(self.weights)[None] + log_lik, axis=-1)
+    """log q_t(x_t) [B], the density of the noised data at DDPM noise level abar [B]."""
+    return self.perturbed_log_prob(x_t, jnp.sqrt(abar), jnp.sqrt(1.0 - abar))
+
+  def score_fn(self, sde):
+    """score_fn(x, t) -> grad log p_t(x), the exact score of the data under an `sde.SDE` at time t."""
+
+    def score(x, t):
+      t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:1])
+      return self.perturbed_score(x, *sde.marginal_coefs(t))
+
+    return score
 
   def x0_model_fn(self, schedule: DiffusionSchedule):
     """model_fn(x_t, t) -> E[x_0 | x_t] for mean_type="x0"; t indexes `schedule` (the original chain)."""
