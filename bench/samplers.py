@@ -1,7 +1,9 @@
-"""Fast samplers: accuracy on an exact denoiser, Analytic-DPM's bound, and speed against diffusers.
+"""Fast samplers: accuracy on an exact denoiser (fixed budgets and the adaptive PF-ODE), Analytic-DPM's
+bound, and speed against diffusers.
 
   python -m bench.samplers                          # all three parts, small defaults (minutes)
   python -m bench.samplers --parts=accuracy --nfe=10,15,20,50,100
+  python -m bench.samplers --parts=accuracy,adaptive --tolerances=1e-3,1e-5 --solvers=tsit5
   python -m bench.samplers --parts=speed --speed_models=digits,cifar10 --cifar_batch=8
 
 accuracy: data is a Gaussian mixture, so E[x_0 | x_t] is exact and any error is the sampler's.
@@ -12,6 +14,8 @@ accuracy: data is a Gaussian mixture, so E[x_0 | x_t] is exact and any error is 
   with the ODE solution at sigma = 0, samplers stopping at sigma_min with the solution at step 0.
   Error: RMS over all pixels of the batch. "slope" is the least-squares slope of log(error) vs
   log(NFE), the empirical convergence order.
+adaptive: the probability-flow ODE solved by diffrax's adaptive Runge-Kutta solvers at several
+  tolerances (`samplers.ode.ode_sample`), NFE and error against the same exact solution.
 analytic: the variational bound (bits/dim) of the DDPM-type reverse process on K-step sub-chains
   with fixedlarge, fixedsmall and Analytic-DPM variances (same x_t draws for all three; the mixture
   samples are quantized to 8 bits; Gamma_n from 512 Monte-Carlo samples).
@@ -32,7 +36,7 @@ import numpy as np
 
 from diffusion_jax import losses, schedules
 from diffusion_jax.gaussian_mixture import GaussianMixture
-from diffusion_jax.samplers import analytic, ddim, dpm_solver, grids
+from diffusion_jax.samplers import analytic, ddim, dpm_solver, edm, grids, ode
 
 T = 1000
 
@@ -119,6 +123,10 @@ def _accuracy_methods():
     return lambda m, s, shape, x, n: ddim.ddim_sample_loop(
         m, s, shape, jax.random.PRNGKey(0), num_steps=n, spacing=spacing, clip_denoised=False, x_T=x)
 
+  def edm_heun(m, s, shape, x, n):
+    # N Heun steps cost 2N - 1 evaluations: the largest N within the column's budget.
+    return edm.heun_sample(m, s, shape, jax.random.PRNGKey(0), num_steps=(n + 1) // 2, x_T=x)
+
   def diffusers_grid(order):
     # diffusers' default: timesteps linspace(0, T-1, n+1).round()[::-1][:-1], then x0 jump.
     return lambda m, s, shape, x, n: dpm_solver.dpm_solver_sample(
@@ -147,6 +155,7 @@ def _accuracy_methods():
       ("DPM-Solver-3 (single) sigma_min", "sigma_min", dpm(3, "singlestep", "dpmsolver", final="sigma_min")),
       ("DPM-Solver++(3M) sigma_min, no lower-order final", "sigma_min",
        dpm(3, "multistep", "dpmsolver++", final="sigma_min", lower_order_final=False)),
+      ("EDM Heun, NFE 2N-1 <= column", "zero", edm_heun),
       ("++(2M) on diffusers' default grid", "zero", diffusers_grid(2)),
       ("++(3M) on diffusers' default grid", "zero", diffusers_grid(3)),
   ]
@@ -185,6 +194,42 @@ def accuracy(nfes, batch, seed=0):
   for name, final, _, _, errs0 in rows:
     if final == "sigma_min":
       print(f"| {name} | vs sigma=0 | " + " | ".join(f"{e:.2e}" for e in errs0) + " |")
+  return rows
+
+
+def adaptive(batch, tolerances, solvers, seed=0):
+  """The probability-flow ODE with diffrax's adaptive solvers: error vs NFE at several tolerances.
+
+  Same mixture, schedule and x_T as `accuracy`. The ODE stops at step 0 (sigma_min) and is
+  compared with the exact solution there; with the final Tweedie step (denoise) it is compared
+  with the solution at sigma = 0, like the "zero" rows of the fixed-budget table.
+  """
+  schedule = schedules.DiffusionSchedule.from_betas(schedules.get_beta_schedule("linear", T))
+  abar64 = np.cumprod(1 - schedules.get_beta_schedule("linear", T))
+  mixture, (w, mu, sd) = make_mixture(seed=seed)
+  shape = (batch,) + mixture.event_shape
+  model = continuous_eps_fn(mixture, schedule)
+  x_T = jax.random.normal(jax.random.PRNGKey(seed + 1), shape)
+  x_T64 = np.asarray(x_T, np.float64).reshape(batch, -1)
+  refs = {"zero": exact_pf_ode(w, mu, sd, x_T64, abar64[-1], 1.0),
+          "sigma_min": exact_pf_ode(w, mu, sd, x_T64, abar64[-1], abar64[0])}
+  rms = lambda x, ref: float(np.sqrt(np.mean((np.asarray(x, np.float64).reshape(batch, -1) - ref) ** 2)))
+  print("\nProbability-flow ODE, diffrax adaptive solvers (PID controller, rtol = atol; same mixture "
+        "and x_T as above; NFE from diffrax's step counts)\n")
+  print("| solver | rtol = atol | NFE | steps (rejected) | RMS error at sigma_min | NFE with denoise | RMS error at 0 |")
+  print("|---|---|---|---|---|---|---|")
+  rows = []
+  for solver in solvers:
+    for tol in tolerances:
+      run = jax.jit(lambda x, denoise: ode.ode_sample(model, schedule, shape, None, solver=solver, rtol=tol,
+                                                       atol=tol, denoise=denoise, x_T=x, return_stats=True),
+                    static_argnums=1)
+      x_min, stats = run(x_T, False)
+      x_0, stats_0 = run(x_T, True)
+      row = (solver, tol, int(stats.nfe), rms(x_min, refs["sigma_min"]), int(stats_0.nfe), rms(x_0, refs["zero"]))
+      rows.append(row)
+      print(f"| {solver} | {tol:.0e} | {row[2]} | {int(stats.num_steps)} ({int(stats.num_rejected_steps)}) | "
+            f"{row[3]:.2e} | {row[4]} | {row[5]:.2e} |", flush=True)
   return rows
 
 
@@ -330,7 +375,9 @@ def speed(models, batches, steps, reps, torch_threads):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--parts", default="accuracy,analytic,speed")
+  parser.add_argument("--parts", default="accuracy,adaptive,analytic,speed")
+  parser.add_argument("--tolerances", default="1e-2,1e-3,1e-4,1e-5,1e-6", help="adaptive PF-ODE rtol = atol")
+  parser.add_argument("--solvers", default="tsit5,dopri5,bosh3", help="adaptive PF-ODE diffrax solvers")
   parser.add_argument("--nfe", default="10,15,20,50")
   parser.add_argument("--batch", type=int, default=16, help="accuracy batch")
   parser.add_argument("--analytic_steps", default="10,25,100")
@@ -347,6 +394,8 @@ def main():
   parts = args.parts.split(",")
   if "accuracy" in parts:
     accuracy([int(n) for n in args.nfe.split(",")], args.batch)
+  if "adaptive" in parts:
+    adaptive(args.batch, [float(t) for t in args.tolerances.split(",")], args.solvers.split(","))
   if "analytic" in parts:
     analytic_bpd([int(k) for k in args.analytic_steps.split(",")], args.analytic_batch, args.mc_samples)
   if "speed" in parts:

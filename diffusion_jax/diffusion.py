@@ -18,10 +18,6 @@ from diffusion_jax.schedules import DiffusionSchedule, extract
 MeanType = Literal["eps", "x0", "mean", "v"]
 VarType = Literal["fixedlarge", "fixedsmall", "learned", "learned_range"]
 MEAN_TYPES: tuple[str, ...] = ("eps", "x0", "mean", "v")
-# What a model may predict where the noise level is continuous (ODE solvers, EDM, likelihoods):
-# "mean" (mu of x_{t-1}) exists only on the discrete chain; "score" is grad log p_t(x_t).
-ContinuousMeanType = Literal["eps", "x0", "v", "score"]
-CONTINUOUS_MEAN_TYPES: tuple[str, ...] = ("eps", "x0", "v", "score")
 VAR_TYPES: tuple[str, ...] = ("fixedlarge", "fixedsmall", "learned", "learned_range")
 LEARNED_VAR_TYPES: tuple[str, ...] = ("learned", "learned_range")
 
@@ -131,41 +127,6 @@ def predict_start_from_prev_mean(schedule: DiffusionSchedule, x_t: jnp.ndarray, 
   _check_batch(x_t, t, mean)
   return ((mean - extract(schedule.posterior_mean_coef2, t, x_t.shape) * x_t)
           / extract(schedule.posterior_mean_coef1, t, x_t.shape))
-
-
-def eps_and_start_from_output(model_output: jnp.ndarray, x_t: jnp.ndarray, alpha: jnp.ndarray,
-                              sigma: jnp.ndarray, *, mean_type: ContinuousMeanType
-                              ) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """(eps, x_0) predicted by a model output, at any noise level x_t = alpha x_0 + sigma eps.
-
-  The continuous-coefficient form of `predict_start_from_noise` / `predict_start_from_v`, for
-  solvers whose noise levels fall between the steps of a schedule (or that come from an SDE):
-
-    eps:   x_0 = (x_t - sigma eps) / alpha
-    x0:    eps = (x_t - alpha x_0) / sigma
-    v:     v = alpha eps - sigma x_0, so x_0 = (alpha x_t - sigma v) / (alpha^2 + sigma^2)
-    score: eps = -sigma grad log p(x_t)  (Song et al. 2021: score = -eps / sigma)
-
-  Args:
-    model_output: the model's mean part [B, ...] (split a learned variance off first).
-    x_t: [B, ...].
-    alpha, sigma: scalars or arrays broadcastable to x_t (sigma > 0; VE processes: alpha = 1).
-    mean_type: one of CONTINUOUS_MEAN_TYPES.
-
-  Returns:
-    (eps [B, ...], x_0 [B, ...]).
-  """
-  check_option("mean_type", mean_type, CONTINUOUS_MEAN_TYPES)
-  if mean_type == "eps":
-    return model_output, (x_t - sigma * model_output) / alpha
-  if mean_type == "score":
-    eps = -sigma * model_output
-    return eps, (x_t - sigma * eps) / alpha
-  if mean_type == "x0":
-    x0 = model_output
-  else:
-    x0 = (alpha * x_t - sigma * model_output) / (alpha**2 + sigma**2)
-  return (x_t - alpha * x0) / sigma, x0
 
 
 @flax.struct.dataclass

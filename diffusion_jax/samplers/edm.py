@@ -41,7 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import diffusion
-from diffusion_jax.diffusion import ContinuousMeanType, VarType, check_option
+from diffusion_jax import sde as sde_lib
+from diffusion_jax.diffusion import VarType, check_option
 from diffusion_jax.samplers import grids
 from diffusion_jax.samplers.ddim import Trajectory
 from diffusion_jax.schedules import DiffusionSchedule
@@ -112,16 +113,33 @@ def vp_points(schedule: DiffusionSchedule, sigmas: np.ndarray) -> tuple[np.ndarr
   return 1.0 / np.sqrt(1.0 + sigmas**2), model_t
 
 
-def _slope_fn(model_fn: ModelFn, batch: int, *, mean_type: ContinuousMeanType, var_type: VarType,
+def eps_and_x0(model_output: jnp.ndarray, x_t: jnp.ndarray, alpha, sigma_t, *,
+               mean_type: sde_lib.Prediction) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(eps, x_0) from a model output at a VP noise level x_t = alpha x_0 + sigma_t eps.
+
+  The continuous-level form of `diffusion.predict_start_from_noise` / `predict_start_from_v`
+  (alpha^2 + sigma_t^2 = 1): x0 = (x_t - sigma_t eps) / alpha; v = alpha eps - sigma_t x0, so
+  x0 = alpha x_t - sigma_t v; a score s of x_t gives eps = -sigma_t s (`sde.eps_from_score`).
+  """
+  if mean_type == "x0":
+    return (x_t - alpha * model_output) / sigma_t, model_output
+  if mean_type == "v":
+    x0 = alpha * x_t - sigma_t * model_output
+    return (x_t - alpha * x0) / sigma_t, x0
+  eps = sde_lib.eps_from_score(model_output, sigma_t) if mean_type == "score" else model_output
+  return eps, (x_t - sigma_t * eps) / alpha
+
+
+def _slope_fn(model_fn: ModelFn, batch: int, *, mean_type: sde_lib.Prediction, var_type: VarType,
               clip_denoised: bool):
   """slope(y, sigma, alpha, t) -> ((y - D(y; sigma)) / sigma, D(y; sigma)), both [B, H, W, C]."""
   check_option("var_type", var_type, diffusion.VAR_TYPES)
-  check_option("mean_type", mean_type, diffusion.CONTINUOUS_MEAN_TYPES)
+  check_option("mean_type", mean_type, sde_lib.PREDICTIONS)
 
   def slope(y, sigma, alpha, model_t):
     x_t = alpha * y
     output, _ = diffusion.split_model_output(model_fn(x_t, jnp.full((batch,), model_t)), x_t, var_type)
-    eps, x0 = diffusion.eps_and_start_from_output(output, x_t, alpha, alpha * sigma, mean_type=mean_type)
+    eps, x0 = eps_and_x0(output, x_t, alpha, alpha * sigma, mean_type=mean_type)
     if clip_denoised:
       x0 = jnp.clip(x0, -1.0, 1.0)
       eps = (y - x0) / sigma
@@ -133,7 +151,7 @@ def _slope_fn(model_fn: ModelFn, batch: int, *, mean_type: ContinuousMeanType, v
 def _sample(model_fn: ModelFn, schedule: DiffusionSchedule, shape: Sequence[int], key: jax.Array, *,
             num_steps: int, rho: float, sigma_min: float | None, sigma_max: float | None,
             s_churn: float, s_tmin: float, s_tmax: float, s_noise: float, stochastic: bool,
-            mean_type: ContinuousMeanType, var_type: VarType, clip_denoised: bool,
+            mean_type: sde_lib.Prediction, var_type: VarType, clip_denoised: bool,
             x_T: jnp.ndarray | None, return_trajectory: bool):
   shape = tuple(shape)
   sigmas = edm_sigmas(schedule, num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
@@ -176,7 +194,7 @@ def _sample(model_fn: ModelFn, schedule: DiffusionSchedule, shape: Sequence[int]
 
 def heun_sample(model_fn: ModelFn, schedule: DiffusionSchedule, shape: Sequence[int], key: jax.Array,
                 *, num_steps: int = 18, rho: float = 7.0, sigma_min: float | None = None,
-                sigma_max: float | None = None, mean_type: ContinuousMeanType = "eps",
+                sigma_max: float | None = None, mean_type: sde_lib.Prediction = "eps",
                 var_type: VarType = "fixedlarge", clip_denoised: bool = False,
                 x_T: jnp.ndarray | None = None, return_trajectory: bool = False):
   """EDM Algorithm 1: deterministic Heun steps on the Karras grid, 2N - 1 model evaluations.
@@ -209,7 +227,7 @@ def stochastic_sample(model_fn: ModelFn, schedule: DiffusionSchedule, shape: Seq
                       key: jax.Array, *, num_steps: int = 18, s_churn: float = 0.0,
                       s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
                       rho: float = 7.0, sigma_min: float | None = None,
-                      sigma_max: float | None = None, mean_type: ContinuousMeanType = "eps",
+                      sigma_max: float | None = None, mean_type: sde_lib.Prediction = "eps",
                       var_type: VarType = "fixedlarge", clip_denoised: bool = False,
                       x_T: jnp.ndarray | None = None, return_trajectory: bool = False):
   """EDM Algorithm 2: churn (add noise up to sigma_hat), then a Heun step; 2N - 1 evaluations.
