@@ -150,6 +150,18 @@ class Protocol:
     return dataclasses.asdict(self)
 
 
+def make_protocol(sde: sde_lib.SDE, *, estimator: Estimator = "hutchinson", probe: Probe = "rademacher",
+                  num_probes: int = 1, dequantization: Dequantization = "uniform",
+                  t_min: float | None = None, solver: ode.SolverName = "tsit5", rtol: float = 1e-5,
+                  atol: float = 1e-5) -> Protocol:
+  """The `Protocol` of `bits_per_dim` with these options (t_min None = the chain's step 0)."""
+  hutchinson = estimator == "hutchinson"
+  return Protocol(estimator=estimator, probe=probe if hutchinson else None,
+                  num_probes=num_probes if hutchinson else None, dequantization=dequantization,
+                  t_min=ode.default_t_min(sde) if t_min is None else float(t_min),
+                  sde=type(sde).__name__, solver=solver, rtol=rtol, atol=atol)
+
+
 @flax.struct.dataclass
 class BitsPerDim:
   """Bits/dim of a batch and everything it came from; a pytree (jit / pmap return it).
@@ -204,11 +216,10 @@ def bits_per_dim(model_fn: Callable, process: ode.Process, x: jnp.ndarray, key: 
   """
   sde, score_fn = ode.score_fn_for(model_fn, process, mean_type=mean_type, var_type=var_type,
                                    time_input=time_input)
-  t_min = ode.default_t_min(sde) if t_min is None else float(t_min)
-  hutchinson = estimator == "hutchinson"
-  protocol = Protocol(estimator=estimator, probe=probe if hutchinson else None,
-                      num_probes=num_probes if hutchinson else None, dequantization=dequantization,
-                      t_min=t_min, sde=type(sde).__name__, solver=solver, rtol=rtol, atol=atol)
+  protocol = make_protocol(sde, estimator=estimator, probe=probe, num_probes=num_probes,
+                           dequantization=dequantization, t_min=t_min, solver=solver, rtol=rtol,
+                           atol=atol)
+  t_min = protocol.t_min
   key_dequant, key_probes = jax.random.split(key)
   data = dequantize(x, key_dequant, dequantization)
   log_p, z, prior, delta, stats = ode_log_likelihood(

@@ -10,6 +10,9 @@ diffusion_jax.samplers` lists every sampler with its options. Built in:
   dpm_solver++    DPM-Solver++ (data prediction), orders 1-3
   analytic_ddpm   Analytic-DPM's optimal variance on the DDPM-type process (prepared: ms_eps)
   analytic_ddim   Analytic-DPM's optimal variance on the DDIM-type process (prepared: ms_eps)
+  edm_heun        EDM's Heun sampler (Karras et al. 2022, Alg. 1); num_steps = N, 2N - 1 NFE
+  edm_stochastic  EDM's stochastic sampler (Alg. 2: S_churn, S_tmin, S_tmax, S_noise)
+  ode             the probability-flow ODE with diffrax's adaptive solvers (tolerances set the NFE)
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from diffusion_jax import schedules
 from diffusion_jax.diffusion import MeanType, VarType
 from diffusion_jax.samplers import registry  # before the samplers, which register in it
 # Registration order is the listing order.
-from diffusion_jax.samplers import ancestral, ddim, dpm_solver, analytic, grids  # noqa: F401,I001
+from diffusion_jax.samplers import ancestral, ddim, dpm_solver, analytic, edm, ode, grids  # noqa: F401,I001
 
 ModelFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 SAMPLERS: tuple[str, ...] = registry.names()  # the built-in ones; registry.names() has all

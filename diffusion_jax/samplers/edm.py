@@ -43,7 +43,7 @@ import numpy as np
 from diffusion_jax import diffusion
 from diffusion_jax import sde as sde_lib
 from diffusion_jax.diffusion import VarType, check_option
-from diffusion_jax.samplers import grids
+from diffusion_jax.samplers import grids, registry
 from diffusion_jax.samplers.ddim import Trajectory
 from diffusion_jax.schedules import DiffusionSchedule
 
@@ -247,3 +247,46 @@ def stochastic_sample(model_fn: ModelFn, schedule: DiffusionSchedule, shape: Seq
                  sigma_max=sigma_max, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax,
                  s_noise=s_noise, stochastic=True, mean_type=mean_type, var_type=var_type,
                  clip_denoised=clip_denoised, x_T=x_T, return_trajectory=return_trajectory)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry: num_steps is EDM's N (2N - 1 model evaluations; None = 18, the paper's CIFAR-10 N).
+
+DEFAULT_NUM_STEPS = 18
+_GRID_OPTIONS = (
+    registry.Option("rho", 7.0, "Karras grid exponent (Eq. 5)", minimum=1.0),
+    registry.Option("sigma_min", None, "lowest EDM sigma of the grid; None = the schedule's step 0",
+                    minimum=0.0, kind=float),
+    registry.Option("sigma_max", None, "highest EDM sigma; None = the schedule's step T-1",
+                    minimum=0.0, kind=float),
+)
+
+
+def _run_heun(model_fn, schedule, shape, key, *, num_steps, **options):
+  return heun_sample(model_fn, schedule, shape, key,
+                     num_steps=DEFAULT_NUM_STEPS if num_steps is None else num_steps, **options)
+
+
+def _run_stochastic(model_fn, schedule, shape, key, *, num_steps, s_tmax, **options):
+  return stochastic_sample(model_fn, schedule, shape, key,
+                           num_steps=DEFAULT_NUM_STEPS if num_steps is None else num_steps,
+                           s_tmax=float("inf") if s_tmax is None else s_tmax, **options)
+
+
+registry.register(registry.Sampler(
+    name="edm_heun", run=_run_heun, section="edm",
+    summary="EDM (Karras et al. 2022) Algorithm 1: Heun on the Karras sigma grid; num_steps = N "
+            "steps, 2N - 1 model evaluations (default 18)",
+    options=_GRID_OPTIONS))
+registry.register(registry.Sampler(
+    name="edm_stochastic", run=_run_stochastic, section="edm_stochastic",
+    summary="EDM Algorithm 2: churn noise (S_churn, S_tmin, S_tmax, S_noise) + Heun; num_steps = N, "
+            "2N - 1 evaluations",
+    options=_GRID_OPTIONS + (
+        registry.Option("s_churn", 0.0, "total stochasticity; gamma_i = min(S_churn / N, sqrt 2 - 1)",
+                        minimum=0.0),
+        registry.Option("s_tmin", 0.0, "churn only for sigma_i >= S_tmin", minimum=0.0),
+        registry.Option("s_tmax", None, "churn only for sigma_i <= S_tmax; None = no bound",
+                        minimum=0.0, kind=float),
+        registry.Option("s_noise", 1.0, "scale of the churn noise (EDM: 1.003-1.007)", minimum=0.0),
+    )))
