@@ -101,11 +101,20 @@ def make_mixture(dim_shape=(4, 4, 3), num_components=4, seed=0):
 
 def continuous_eps_fn(mixture: GaussianMixture, schedule: schedules.DiffusionSchedule):
   """The mixture's exact eps at any (float) timestep of the continuous-time process."""
-  def eps(x, t):
+  return continuous_model_fn(mixture, schedule, "eps")
+
+
+def continuous_model_fn(mixture: GaussianMixture, schedule: schedules.DiffusionSchedule,
+                        mean_type: str = "eps"):
+  """The mixture's exact eps, x0, v or score (of x_t) at any (float) timestep, as a model_fn."""
+  def model(x, t):
     abar = grids.alphas_cumprod_at(schedule, t)
     a = abar.reshape((-1,) + (1,) * (x.ndim - 1))
-    return (x - jnp.sqrt(a) * mixture.posterior_mean(x, abar)) / jnp.sqrt(1.0 - a)
-  return eps
+    x0 = mixture.posterior_mean(x, abar)
+    eps = (x - jnp.sqrt(a) * x0) / jnp.sqrt(1.0 - a)
+    return {"eps": eps, "x0": x0, "v": jnp.sqrt(a) * eps - jnp.sqrt(1.0 - a) * x0,
+            "score": -eps / jnp.sqrt(1.0 - a)}[mean_type]
+  return model
 
 
 # ------------------------------------------------------------------------------------------------
@@ -161,17 +170,22 @@ def _accuracy_methods():
   ]
 
 
-def accuracy(nfes, batch, seed=0):
+def _accuracy_problem(batch, seed):
+  """(schedule, exact eps model, shape, x_T, {"zero": x at sigma 0, "sigma_min": x at step 0})."""
   schedule = schedules.DiffusionSchedule.from_betas(schedules.get_beta_schedule("linear", T))
   abar64 = np.cumprod(1 - schedules.get_beta_schedule("linear", T))
   mixture, (w, mu, sd) = make_mixture(seed=seed)
   shape = (batch,) + mixture.event_shape
-  model = continuous_eps_fn(mixture, schedule)
   x_T = jax.random.normal(jax.random.PRNGKey(seed + 1), shape)
   x_T64 = np.asarray(x_T, np.float64).reshape(batch, -1)
-  t0 = time.perf_counter()
   refs = {"zero": exact_pf_ode(w, mu, sd, x_T64, abar64[-1], 1.0),
           "sigma_min": exact_pf_ode(w, mu, sd, x_T64, abar64[-1], abar64[0])}
+  return schedule, continuous_eps_fn(mixture, schedule), shape, x_T, refs
+
+
+def accuracy(nfes, batch, seed=0):
+  t0 = time.perf_counter()
+  schedule, model, shape, x_T, refs = _accuracy_problem(batch, seed)
   print(f"exact ODE solutions: {time.perf_counter() - t0:.1f}s; "
         f"|x0(ODE, sigma=0) - x(ODE, sigma_min)| RMS = {np.sqrt(np.mean((refs['zero'] - refs['sigma_min'])**2)):.2e}")
   rows = []
@@ -185,7 +199,7 @@ def accuracy(nfes, batch, seed=0):
     rows.append((name, final, errs, slope, errs_vs_data))
   header = "| sampler | ends | " + " | ".join(f"NFE {n}" for n in nfes) + " | slope |"
   print("\nRMS error to the exact probability-flow ODE solution (same x_T; Gaussian mixture, "
-        f"D={int(np.prod(mixture.event_shape))}, batch {batch}, linear T=1000)\n")
+        f"D={int(np.prod(shape[1:]))}, batch {batch}, linear T=1000)\n")
   print(header)
   print("|" + "---|" * (len(nfes) + 3))
   for name, final, errs, slope, _ in rows:
@@ -204,15 +218,7 @@ def adaptive(batch, tolerances, solvers, seed=0):
   compared with the exact solution there; with the final Tweedie step (denoise) it is compared
   with the solution at sigma = 0, like the "zero" rows of the fixed-budget table.
   """
-  schedule = schedules.DiffusionSchedule.from_betas(schedules.get_beta_schedule("linear", T))
-  abar64 = np.cumprod(1 - schedules.get_beta_schedule("linear", T))
-  mixture, (w, mu, sd) = make_mixture(seed=seed)
-  shape = (batch,) + mixture.event_shape
-  model = continuous_eps_fn(mixture, schedule)
-  x_T = jax.random.normal(jax.random.PRNGKey(seed + 1), shape)
-  x_T64 = np.asarray(x_T, np.float64).reshape(batch, -1)
-  refs = {"zero": exact_pf_ode(w, mu, sd, x_T64, abar64[-1], 1.0),
-          "sigma_min": exact_pf_ode(w, mu, sd, x_T64, abar64[-1], abar64[0])}
+  schedule, model, shape, x_T, refs = _accuracy_problem(batch, seed)
   rms = lambda x, ref: float(np.sqrt(np.mean((np.asarray(x, np.float64).reshape(batch, -1) - ref) ** 2)))
   print("\nProbability-flow ODE, diffrax adaptive solvers (PID controller, rtol = atol; same mixture "
         "and x_T as above; NFE from diffrax's step counts)\n")

@@ -8,10 +8,10 @@ import pytest
 import torch
 from diffusers import HeunDiscreteScheduler
 
-from bench.samplers import continuous_eps_fn, exact_pf_ode, mixture_denoiser64
+from bench.samplers import continuous_eps_fn, continuous_model_fn, exact_pf_ode, mixture_denoiser64
 from diffusion_jax import schedules
 from diffusion_jax.gaussian_mixture import GaussianMixture
-from diffusion_jax.samplers import edm, grids
+from diffusion_jax.samplers import edm
 
 T = 1000
 SHAPE = (4, 4, 2, 2)
@@ -178,18 +178,11 @@ def test_heun_is_second_order():
 def test_mean_types_agree():
   sched, (mixture, _) = _schedule(), _mixture()
   eps_fn = continuous_eps_fn(mixture, sched)
-  def other(kind):
-    def fn(x, t):
-      abar = grids.alphas_cumprod_at(sched, t).reshape(-1, 1, 1, 1)
-      eps = eps_fn(x, t)
-      x0 = (x - jnp.sqrt(1 - abar) * eps) / jnp.sqrt(abar)
-      return {"x0": x0, "v": jnp.sqrt(abar) * eps - jnp.sqrt(1 - abar) * x0,
-              "score": -eps / jnp.sqrt(1 - abar)}[kind]
-    return fn
   key = jax.random.PRNGKey(2)
   ref = edm.heun_sample(eps_fn, sched, SHAPE, key, num_steps=8)
   for kind in ("x0", "v", "score"):
-    out = edm.heun_sample(other(kind), sched, SHAPE, key, num_steps=8, mean_type=kind)
+    out = edm.heun_sample(continuous_model_fn(mixture, sched, kind), sched, SHAPE, key, num_steps=8,
+                          mean_type=kind)
     np.testing.assert_allclose(out, ref, atol=2e-4, err_msg=kind)
   with pytest.raises(ValueError, match="mean_type"):
     edm.heun_sample(eps_fn, sched, SHAPE, key, num_steps=8, mean_type="mean")

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bench.samplers import continuous_eps_fn, exact_pf_ode
+from bench.samplers import continuous_eps_fn, continuous_model_fn, exact_pf_ode
 from diffusion_jax import schedules, sde as sde_lib
 from diffusion_jax.gaussian_mixture import GaussianMixture
 from diffusion_jax.samplers import grids, ode
@@ -138,20 +138,12 @@ def test_nfe_counts_the_model_calls(solver):
 def test_mean_types_agree():
   sched, (mixture, _) = _schedule(), _mixture()
   eps_fn = continuous_eps_fn(mixture, sched)
-  def other(kind):
-    def fn(x, u):
-      abar = grids.alphas_cumprod_at(sched, u).reshape(-1, 1, 1, 1)
-      eps = eps_fn(x, u)
-      x0 = (x - jnp.sqrt(1 - abar) * eps) / jnp.sqrt(abar)
-      return {"x0": x0, "v": jnp.sqrt(abar) * eps - jnp.sqrt(1 - abar) * x0,
-              "score": -eps / jnp.sqrt(1 - abar)}[kind]
-    return fn
   # The ODE sees only the score; every parameterization must give the same one.
   sde, ref = ode.score_fn_for(eps_fn, sched)
   x = jax.random.normal(jax.random.PRNGKey(4), SHAPE)
   t = jnp.array([0.0, 0.3, 0.7, 1.0])
   for kind in ("x0", "v", "score"):
-    _, score_fn = ode.score_fn_for(other(kind), sched, mean_type=kind)
+    _, score_fn = ode.score_fn_for(continuous_model_fn(mixture, sched, kind), sched, mean_type=kind)
     np.testing.assert_allclose(score_fn(x, t), ref(x, t), rtol=2e-4, atol=1e-4, err_msg=kind)
 
 

@@ -16,9 +16,9 @@ fractional step of the schedule's continuous-time view (the same one DPM-Solver 
 this package). Continuous-time models pass their `sde.SDE` (VP, sub-VP, VE) directly.
 
 Where it ends: at t_min, by default the SDE's step 0 (t = 0 for `LogSNRVPSDE` and VE, 1/N for
-VPSDE), the lowest noise level a discrete model was trained on. With `denoise` (the default) the sample is
-then E[x_0 | x(t_min)] (Tweedie's formula, Song et al.'s "noise removal"), one more model
-evaluation.
+VPSDE), the lowest noise level a discrete model was trained on. With `denoise` (the default)
+the sample is then E[x_0 | x(t_min)] (Tweedie's formula, Song et al.'s "noise removal"), one
+more model evaluation.
 
 Function evaluations (NFE): diffrax counts steps, not evaluations. Its FSAL solvers (tsit5,
 dopri5, dopri8, bosh3) evaluate the first stage on the first step, then reuse each step's last
@@ -68,7 +68,8 @@ class SolverStats:
 
   def as_dict(self) -> dict[str, int]:
     """Plain ints, for logs and JSON (on concrete values)."""
-    return {k: int(getattr(self, k)) for k in ("nfe", "num_steps", "num_accepted_steps", "num_rejected_steps")}
+    names = ("nfe", "num_steps", "num_accepted_steps", "num_rejected_steps")
+    return {name: int(getattr(self, name)) for name in names}
 
 
 def solve(vector_field: Callable, y0, t0: float, t1: float, *, solver: SolverName = "tsit5",
@@ -110,7 +111,8 @@ class LogSNRVPSDE(sde_lib.VPChainSDE):
   sigma), from the schedule's step 0 (t = 0, lambda_max) to its step T-1 (t = 1, lambda_min), so
   a(t)^2 = sigmoid(2 lambda) = exp(-B(t)) with B(t) = softplus(-2 lambda(t)), and
 
-    f = -beta(t) x / 2,  g = sqrt(beta(t)),  beta(t) = dB/dt = 2 (lambda_max - lambda_min) sigmoid(-2 lambda(t)),
+    f = -beta(t) x / 2,  g = sqrt(beta(t)),
+    beta(t) = dB/dt = 2 (lambda_max - lambda_min) sigmoid(-2 lambda(t)),
 
   smooth in t (the PF-ODE is dx/dlambda = sigma^2 x - sigma eps). The model's time input is the
   fractional DDPM step with the same lambda on the schedule's continuous-time view (log alpha
