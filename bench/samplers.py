@@ -1,9 +1,10 @@
-"""Fast samplers: accuracy on an exact denoiser, Analytic-DPM's bound, SDE samplers on the exact
-score, and speed against diffusers.
+"""Fast samplers: accuracy on an exact denoiser (fixed budgets and the adaptive PF-ODE),
+Analytic-DPM's bound, SDE samplers on the exact score, and speed against diffusers.
 
-  python -m bench.samplers                          # all four parts, small defaults (minutes)
+  python -m bench.samplers                          # all five parts, small defaults (minutes)
   python -m bench.samplers --parts=accuracy --nfe=10,15,20,50,100
   python -m bench.samplers --parts=sde --sde_nfe=50,100,200,500,1000
+  python -m bench.samplers --parts=accuracy,adaptive --tolerances=1e-3,1e-5 --solvers=tsit5
   python -m bench.samplers --parts=speed --speed_models=digits,cifar10 --cifar_batch=8
 
 accuracy: data is a Gaussian mixture, so E[x_0 | x_t] is exact and any error is the sampler's.
@@ -14,6 +15,8 @@ accuracy: data is a Gaussian mixture, so E[x_0 | x_t] is exact and any error is 
   with the ODE solution at sigma = 0, samplers stopping at sigma_min with the solution at step 0.
   Error: RMS over all pixels of the batch. "slope" is the least-squares slope of log(error) vs
   log(NFE), the empirical convergence order.
+adaptive: the probability-flow ODE solved by diffrax's adaptive Runge-Kutta solvers at several
+  tolerances (`samplers.ode.ode_sample`), NFE and error against the same exact solution.
 analytic: the variational bound (bits/dim) of the DDPM-type reverse process on K-step sub-chains
   with fixedlarge, fixedsmall and Analytic-DPM variances (same x_t draws for all three; the mixture
   samples are quantized to 8 bits; Gamma_n from 512 Monte-Carlo samples).
@@ -44,7 +47,7 @@ import numpy as np
 from diffusion_jax import losses, schedules, sde as sde_lib
 from diffusion_jax.evaluation import frechet_distance
 from diffusion_jax.gaussian_mixture import GaussianMixture
-from diffusion_jax.samplers import analytic, ddim, dpm_solver, grids, langevin, pc
+from diffusion_jax.samplers import analytic, ddim, dpm_solver, edm, grids, langevin, ode, pc
 
 T = 1000
 
@@ -109,11 +112,20 @@ def make_mixture(dim_shape=(4, 4, 3), num_components=4, seed=0):
 
 def continuous_eps_fn(mixture: GaussianMixture, schedule: schedules.DiffusionSchedule):
   """The mixture's exact eps at any (float) timestep of the continuous-time process."""
-  def eps(x, t):
+  return continuous_model_fn(mixture, schedule, "eps")
+
+
+def continuous_model_fn(mixture: GaussianMixture, schedule: schedules.DiffusionSchedule,
+                        mean_type: str = "eps"):
+  """The mixture's exact eps, x0, v or score (of x_t) at any (float) timestep, as a model_fn."""
+  def model(x, t):
     abar = grids.alphas_cumprod_at(schedule, t)
     a = abar.reshape((-1,) + (1,) * (x.ndim - 1))
-    return (x - jnp.sqrt(a) * mixture.posterior_mean(x, abar)) / jnp.sqrt(1.0 - a)
-  return eps
+    x0 = mixture.posterior_mean(x, abar)
+    eps = (x - jnp.sqrt(a) * x0) / jnp.sqrt(1.0 - a)
+    return {"eps": eps, "x0": x0, "v": jnp.sqrt(a) * eps - jnp.sqrt(1.0 - a) * x0,
+            "score": -eps / jnp.sqrt(1.0 - a)}[mean_type]
+  return model
 
 
 # ------------------------------------------------------------------------------------------------
@@ -130,6 +142,10 @@ def _accuracy_methods():
   def ddim_fn(spacing):
     return lambda m, s, shape, x, n: ddim.ddim_sample_loop(
         m, s, shape, jax.random.PRNGKey(0), num_steps=n, spacing=spacing, clip_denoised=False, x_T=x)
+
+  def edm_heun(m, s, shape, x, n):
+    # N Heun steps cost 2N - 1 evaluations: the largest N within the column's budget.
+    return edm.heun_sample(m, s, shape, jax.random.PRNGKey(0), num_steps=(n + 1) // 2, x_T=x)
 
   def diffusers_grid(order):
     # diffusers' default: timesteps linspace(0, T-1, n+1).round()[::-1][:-1], then x0 jump.
@@ -159,22 +175,28 @@ def _accuracy_methods():
       ("DPM-Solver-3 (single) sigma_min", "sigma_min", dpm(3, "singlestep", "dpmsolver", final="sigma_min")),
       ("DPM-Solver++(3M) sigma_min, no lower-order final", "sigma_min",
        dpm(3, "multistep", "dpmsolver++", final="sigma_min", lower_order_final=False)),
+      ("EDM Heun, NFE 2N-1 <= column", "zero", edm_heun),
       ("++(2M) on diffusers' default grid", "zero", diffusers_grid(2)),
       ("++(3M) on diffusers' default grid", "zero", diffusers_grid(3)),
   ]
 
 
-def accuracy(nfes, batch, seed=0):
+def _accuracy_problem(batch, seed):
+  """(schedule, exact eps model, shape, x_T, {"zero": x at sigma 0, "sigma_min": x at step 0})."""
   schedule = schedules.DiffusionSchedule.from_betas(schedules.get_beta_schedule("linear", T))
   abar64 = np.cumprod(1 - schedules.get_beta_schedule("linear", T))
   mixture, (w, mu, sd) = make_mixture(seed=seed)
   shape = (batch,) + mixture.event_shape
-  model = continuous_eps_fn(mixture, schedule)
   x_T = jax.random.normal(jax.random.PRNGKey(seed + 1), shape)
   x_T64 = np.asarray(x_T, np.float64).reshape(batch, -1)
-  t0 = time.perf_counter()
   refs = {"zero": exact_pf_ode(w, mu, sd, x_T64, abar64[-1], 1.0),
           "sigma_min": exact_pf_ode(w, mu, sd, x_T64, abar64[-1], abar64[0])}
+  return schedule, continuous_eps_fn(mixture, schedule), shape, x_T, refs
+
+
+def accuracy(nfes, batch, seed=0):
+  t0 = time.perf_counter()
+  schedule, model, shape, x_T, refs = _accuracy_problem(batch, seed)
   print(f"exact ODE solutions: {time.perf_counter() - t0:.1f}s; "
         f"|x0(ODE, sigma=0) - x(ODE, sigma_min)| RMS = {np.sqrt(np.mean((refs['zero'] - refs['sigma_min'])**2)):.2e}")
   rows = []
@@ -188,7 +210,7 @@ def accuracy(nfes, batch, seed=0):
     rows.append((name, final, errs, slope, errs_vs_data))
   header = "| sampler | ends | " + " | ".join(f"NFE {n}" for n in nfes) + " | slope |"
   print("\nRMS error to the exact probability-flow ODE solution (same x_T; Gaussian mixture, "
-        f"D={int(np.prod(mixture.event_shape))}, batch {batch}, linear T=1000)\n")
+        f"D={int(np.prod(shape[1:]))}, batch {batch}, linear T=1000)\n")
   print(header)
   print("|" + "---|" * (len(nfes) + 3))
   for name, final, errs, slope, _ in rows:
@@ -197,6 +219,34 @@ def accuracy(nfes, batch, seed=0):
   for name, final, _, _, errs0 in rows:
     if final == "sigma_min":
       print(f"| {name} | vs sigma=0 | " + " | ".join(f"{e:.2e}" for e in errs0) + " |")
+  return rows
+
+
+def adaptive(batch, tolerances, solvers, seed=0):
+  """The probability-flow ODE with diffrax's adaptive solvers: error vs NFE at several tolerances.
+
+  Same mixture, schedule and x_T as `accuracy`. The ODE stops at step 0 (sigma_min) and is
+  compared with the exact solution there; with the final Tweedie step (denoise) it is compared
+  with the solution at sigma = 0, like the "zero" rows of the fixed-budget table.
+  """
+  schedule, model, shape, x_T, refs = _accuracy_problem(batch, seed)
+  rms = lambda x, ref: float(np.sqrt(np.mean((np.asarray(x, np.float64).reshape(batch, -1) - ref) ** 2)))
+  print("\nProbability-flow ODE, diffrax adaptive solvers (PID controller, rtol = atol; same mixture "
+        "and x_T as above; NFE from diffrax's step counts)\n")
+  print("| solver | rtol = atol | NFE | steps (rejected) | RMS error at sigma_min | NFE with denoise | RMS error at 0 |")
+  print("|---|---|---|---|---|---|---|")
+  rows = []
+  for solver in solvers:
+    for tol in tolerances:
+      run = jax.jit(lambda x, denoise: ode.ode_sample(model, schedule, shape, None, solver=solver, rtol=tol,
+                                                       atol=tol, denoise=denoise, x_T=x, return_stats=True),
+                    static_argnums=1)
+      x_min, stats = run(x_T, False)
+      x_0, stats_0 = run(x_T, True)
+      row = (solver, tol, int(stats.nfe), rms(x_min, refs["sigma_min"]), int(stats_0.nfe), rms(x_0, refs["zero"]))
+      rows.append(row)
+      print(f"| {solver} | {tol:.0e} | {row[2]} | {int(stats.num_steps)} ({int(stats.num_rejected_steps)}) | "
+            f"{row[3]:.2e} | {row[4]} | {row[5]:.2e} |", flush=True)
   return rows
 
 
@@ -409,7 +459,9 @@ def speed(models, batches, steps, reps, torch_threads):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--parts", default="accuracy,analytic,sde,speed")
+  parser.add_argument("--parts", default="accuracy,adaptive,analytic,sde,speed")
+  parser.add_argument("--tolerances", default="1e-2,1e-3,1e-4,1e-5,1e-6", help="adaptive PF-ODE rtol = atol")
+  parser.add_argument("--solvers", default="tsit5,dopri5,bosh3", help="adaptive PF-ODE diffrax solvers")
   parser.add_argument("--nfe", default="10,15,20,50")
   parser.add_argument("--batch", type=int, default=16, help="accuracy batch")
   parser.add_argument("--analytic_steps", default="10,25,100")
@@ -430,6 +482,8 @@ def main():
   parts = args.parts.split(",")
   if "accuracy" in parts:
     accuracy([int(n) for n in args.nfe.split(",")], args.batch)
+  if "adaptive" in parts:
+    adaptive(args.batch, [float(t) for t in args.tolerances.split(",")], args.solvers.split(","))
   if "analytic" in parts:
     analytic_bpd([int(k) for k in args.analytic_steps.split(",")], args.analytic_batch, args.mc_samples)
   if "sde" in parts:

@@ -104,8 +104,11 @@ def get_config() -> config_dict.ConfigDict:
   # final_step, lower_order_final, integer_timesteps, thresholding, thresholding_ratio,
   # thresholding_max_value), sampling.analytic (spacing, clip_last_steps, num_samples),
   # sampling.pc (predictor, corrector, snr, n_corrector_steps, denoise, time_input),
-  # sampling.annealed_langevin (n_steps_each, step_size, denoise, init, time_input). Only
-  # the section of the selected sampler is read, e.g. --config.sampling.ddim.eta=1.0.
+  # sampling.annealed_langevin (n_steps_each, step_size, denoise, init, time_input),
+  # sampling.edm (rho, sigma_min, sigma_max), sampling.edm_stochastic (the same and s_churn,
+  # s_tmin, s_tmax, s_noise), sampling.ode (solver, rtol, atol, t_min, denoise, time_input,
+  # max_steps). Only the section of the selected sampler is read, e.g.
+  # --config.sampling.ddim.eta=1.0.
   sampling.update(samplers.registry.config_sections())
 
   # --- Evaluation: --mode=eval and the end of training. --------------------------------------
@@ -116,6 +119,18 @@ def get_config() -> config_dict.ConfigDict:
   eval_config.clip_denoised = True  # Clip pred_x0 inside the reverse means of the bound.
   eval_config.checkpoint_step = config_dict.placeholder(int)  # Checkpoint to use; None = latest.
   eval_config.compute_bpd = True  # --mode=eval: test-set bits/dim (slow: T model calls per image).
+  # Beside the bound: bits/dim along the probability-flow ODE (diffusion_jax.likelihood; DDPM
+  # models through their VP SDE), same test batches, the protocol in eval/bpd_<step>.json.
+  eval_config.ode_bpd = True  # Also compute the ODE bits/dim (with compute_bpd).
+  eval_config.ode = ode_config = config_dict.ConfigDict()  # likelihood.bits_per_dim options.
+  ode_config.estimator = "hutchinson"  # Divergence: hutchinson (unbiased) | exact (small images).
+  ode_config.probe = "rademacher"  # Hutchinson probes: rademacher | gaussian.
+  ode_config.num_probes = 1  # Probes per image, averaged.
+  ode_config.dequantization = "uniform"  # uniform (a bound on the 8-bit likelihood) | none.
+  ode_config.solver = "tsit5"  # diffrax solver (samplers.ode.SOLVERS).
+  ode_config.rtol = 1e-5  # Solver tolerances (Song et al.: 1e-5 / 1e-5).
+  ode_config.atol = 1e-5  # (absolute tolerance)
+  ode_config.t_min = config_dict.placeholder(float)  # Where the data sits; None = step 0.
   # Sample quality (config.sampling's sampler, EMA params): the digits Frechet distance on the
   # digits data; FID / IS / precision-recall (diffusion_jax.evaluation) when inception_weights
   # and reference_stats are set. Run by --mode=eval, and after training if sample_quality_at_end.

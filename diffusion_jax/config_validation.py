@@ -102,6 +102,28 @@ def _check_score_objective(config: ml_collections.ConfigDict) -> None:
           "is the probability-flow ODE's); set eval.compute_bpd=False.")
 
 
+def _check_ode_bpd(config: ml_collections.ConfigDict) -> None:
+  """eval.ode: the probability-flow ODE likelihood's options (diffusion_jax.likelihood)."""
+  from diffusion_jax import likelihood, sde  # pylint: disable=g-import-not-at-top  (diffrax)
+  from diffusion_jax.samplers import ode  # pylint: disable=g-import-not-at-top
+  if config.diffusion.mean_type not in sde.PREDICTIONS:
+    _fail("diffusion.mean_type", config.diffusion.mean_type,
+          "the probability-flow ODE needs a model of eps, x0, v or the score; set "
+          "--config.eval.ode_bpd=False to report the DDPM bound only.")
+  _check_choice(config, "eval.ode.estimator", likelihood.ESTIMATORS)
+  _check_choice(config, "eval.ode.probe", likelihood.PROBES)
+  _check_choice(config, "eval.ode.dequantization", likelihood.DEQUANTIZATIONS)
+  _check_choice(config, "eval.ode.solver", ode.SOLVERS)
+  _check_positive_int(config, "eval.ode.num_probes")
+  for field in ("eval.ode.rtol", "eval.ode.atol"):
+    value = _get(config, field)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
+      _fail(field, value, "must be a tolerance in (0, 1), e.g. 1e-5.")
+  t_min = config.eval.ode.t_min
+  if t_min is not None and not 0 <= t_min < 1:
+    _fail("eval.ode.t_min", t_min, "must be in [0, 1), or None for the chain's step 0.")
+
+
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
   """Raises ConfigError on the first field the trainer cannot use.
 
@@ -211,6 +233,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
   _check_divisible(config, "eval.batch_size", num_devices)
   if config.eval.num_batches is not None:
     _check_positive_int(config, "eval.num_batches")
+  if config.eval.compute_bpd and config.eval.ode_bpd:
+    _check_ode_bpd(config)
   _check_positive_int(config, "eval.num_quality_samples")
   _check_positive_int(config, "eval.quality_batch_size")
   _check_divisible(config, "eval.quality_batch_size", num_devices)

@@ -7,7 +7,8 @@ training run. Samplers come from the registry (`config.sampling.sampler` and its
 Gamma) runs once per restored model. Outputs:
 
   samples/<step>/samples.npz, samples.png   --mode=sample (uint8 images [N, H, W, C], labels)
-  eval/bpd_<step>.json                      test-set bits/dim (DDPM Table 2)
+  eval/bpd_<step>.json                      test-set bits/dim: DDPM's bound (Table 2) and, with
+                                            eval.ode_bpd, along the probability-flow ODE
   eval/<score>_<step>.json (+ chunks)       sample quality (`evaluation.scorers`)
 """
 
@@ -218,7 +219,9 @@ def evaluate_bpd(config: ml_collections.ConfigDict, workdir: str, params: PyTree
   """Test-set negative log-likelihood in bits/dim (DDPM Table 2) of `params`.
 
   Runs `losses.calc_bpd_loop` (all T terms + prior) over config.data.eval_split (or its
-  first config.eval.num_batches batches) and writes workdir/eval/bpd_<step>.json.
+  first config.eval.num_batches batches) and, with config.eval.ode_bpd, the bits/dim along the
+  probability-flow ODE of the same batches (`likelihood.bits_per_dim`, options config.eval.ode;
+  under "ode" in the JSON with its protocol); writes workdir/eval/bpd_<step>.json.
   """
   from diffusion_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
   mesh = parallel.make_mesh()
@@ -233,6 +236,8 @@ def evaluate_bpd(config: ml_collections.ConfigDict, workdir: str, params: PyTree
             "decoder_bpd": terms.terms_bpd[:, 0], "mask": batch["mask"]}
 
   p_bpd = parallel.pmap(bpd_on_device, mesh, in_axes=(0, 0, None))
+  p_ode_bpd, ode_protocol = (_ode_bpd_fn(config, model, diffusion_, mesh) if config.eval.ode_bpd
+                             else (None, None))
   params = parallel.replicate(params, mesh)
   eval_key = experiment.base_keys(config)["eval"]
   sums, count, start = {}, 0.0, time.time()
@@ -244,6 +249,9 @@ def evaluate_bpd(config: ml_collections.ConfigDict, workdir: str, params: PyTree
       break
     out = parallel.gather(p_bpd(params, parallel.shard(batch, mesh),
                                 jax.random.fold_in(eval_key, i)))
+    if p_ode_bpd is not None:   # the same batch along the probability-flow ODE
+      out.update(parallel.gather(p_ode_bpd(params, parallel.shard(batch, mesh),
+                                           jax.random.fold_in(jax.random.fold_in(eval_key, i), 1))))
     mask = np.asarray(out.pop("mask"), np.float64)
     for k, v in out.items():
       sums[k] = sums.get(k, 0.0) + float(np.sum(np.asarray(v, np.float64) * mask))
@@ -255,6 +263,10 @@ def evaluate_bpd(config: ml_collections.ConfigDict, workdir: str, params: PyTree
         f"config.data.eval_split={config.data.eval_split!r} gave no examples; choose a split "
         "with test images.")
   result = {k: v / count for k, v in sums.items()}
+  if ode_protocol is not None:
+    # {"ode_bpd": mean bits/dim, "ode_nfe": mean solver evaluations per batch, "protocol": ...}
+    result["ode"] = {"bpd": result.pop("ode_bpd"), "mean_nfe": result.pop("ode_nfe"),
+                     "protocol": ode_protocol.as_dict()}
   result.update(step=step, num_examples=int(count), split=config.data.eval_split,
                 dataset=config.data.dataset, params="ema",
                 num_timesteps=diffusion_.schedule.num_timesteps,
@@ -266,7 +278,33 @@ def evaluate_bpd(config: ml_collections.ConfigDict, workdir: str, params: PyTree
   logging.info("Test bits/dim at step %d: %.4f (%d examples)", step, result["total_bpd"], count)
   print(f"bits/dim (step {step}, {int(count)} {config.data.eval_split} images): "
         f"{result['total_bpd']:.4f}", flush=True)
+  if ode_protocol is not None:
+    logging.info("ODE bits/dim at step %d: %.4f (protocol %s)", step, result["ode"]["bpd"],
+                 result["ode"]["protocol"])
+    print(f"ODE bits/dim (step {step}, {int(count)} {config.data.eval_split} images, "
+          f"{ode_protocol.dequantization} dequantization): {result['ode']['bpd']:.4f}", flush=True)
   return result
+
+
+def _ode_bpd_fn(config: ml_collections.ConfigDict, model: nn.Module,
+                diffusion_: diffusion.GaussianDiffusion, mesh: jax.sharding.Mesh):
+  """The pmapped bits/dim along the probability-flow ODE (`likelihood.bits_per_dim`, config.eval.ode)
+  of a batch, and its `likelihood.Protocol`. DDPM models go through their VP SDE."""
+  from diffusion_jax import likelihood  # pylint: disable=g-import-not-at-top  (diffrax)
+  from diffusion_jax.samplers import ode  # pylint: disable=g-import-not-at-top
+  options = dict(config.eval.ode)
+
+  def ode_bpd_on_device(params, batch, key):
+    key = jax.random.fold_in(key, jax.lax.axis_index(parallel.AXIS))
+    labels = batch["label"] if config.model.num_classes else None
+    result = likelihood.bits_per_dim(make_model_fn(model, params, labels=labels),
+                                     diffusion_.schedule, batch["image"], key,
+                                     **diffusion_.parameterization, **options)
+    nfe = jnp.broadcast_to(result.stats.nfe.astype(jnp.float32), result.bpd.shape)
+    return {"ode_bpd": result.bpd, "ode_nfe": nfe}
+
+  protocol = likelihood.make_protocol(ode.as_sde(diffusion_.schedule), **options)
+  return parallel.pmap(ode_bpd_on_device, mesh, in_axes=(0, 0, None)), protocol
 
 
 @modes.register("eval", "test-set bits/dim and sample quality of a checkpoint")

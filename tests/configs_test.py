@@ -106,6 +106,24 @@ def test_unknown_dataset_and_option_strings():
   assert "config.sampling.sampler" in _error(config)
 
 
+def test_ode_bits_per_dim_options():
+  config = tiny.get_config()
+  config.eval.ode.estimator = "trace"
+  assert "config.eval.ode.estimator='trace'" in _error(config) and "'exact'" in _error(config)
+  config = tiny.get_config()
+  config.eval.ode.rtol = 0.0
+  assert "config.eval.ode.rtol=0.0" in _error(config)
+  config = tiny.get_config()
+  config.diffusion.mean_type = "mean"   # no score without eps / x0 / v: name the way out
+  assert "config.diffusion.mean_type='mean'" in _error(config) and "eval.ode_bpd=False" in _error(config)
+  config.eval.ode_bpd = False
+  config_validation.validate_config(config, num_devices=8)
+  config = tiny.get_config()
+  config.sampling.sampler = "edm_stochastic"
+  config.sampling.edm_stochastic.s_churn = -1.0
+  assert "config.sampling.edm_stochastic.s_churn=-1.0" in _error(config)
+
+
 def test_norm_groups_must_divide_widths():
   config = tiny.get_config()
   config.model.norm_groups = 32  # ch 16

@@ -5,7 +5,7 @@ import pytest
 
 from diffusion_jax import samplers, schedules
 from diffusion_jax.gaussian_mixture import GaussianMixture
-from diffusion_jax.samplers import analytic, ancestral, ddim, dpm_solver
+from diffusion_jax.samplers import analytic, ancestral, ddim, dpm_solver, edm, ode
 
 T = 100
 SHAPE = (2, 4, 4, 1)
@@ -26,6 +26,9 @@ def test_every_name_reaches_its_sampler_with_the_options(monkeypatch):
   monkeypatch.setattr(ddim, "ddim_sample_loop", record("ddim"))
   monkeypatch.setattr(dpm_solver, "dpm_solver_sample", record("dpm"))
   monkeypatch.setattr(analytic, "analytic_sample_loop", record("analytic"))
+  monkeypatch.setattr(edm, "heun_sample", record("heun"))
+  monkeypatch.setattr(edm, "stochastic_sample", record("stochastic"))
+  monkeypatch.setattr(ode, "ode_sample", record("ode"))
   ms = np.full(T, 0.9)
   common = dict(mean_type="v", var_type="fixedsmall", clip_denoised=False, x_T=None,
                 return_trajectory=False)
@@ -42,13 +45,21 @@ def test_every_name_reaches_its_sampler_with_the_options(monkeypatch):
                                          clip_last_steps=2)),
       "analytic_ddim": ("analytic", dict(ms_eps=ms, num_steps=10, spacing="quadratic", eta=0.0,
                                          clip_last_steps=2)),
+      "edm_heun": ("heun", dict(num_steps=10, rho=5.0, sigma_min=None, sigma_max=2.0)),
+      "edm_stochastic": ("stochastic", dict(num_steps=10, rho=7.0, sigma_min=0.1, sigma_max=None,
+                                            s_churn=5.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0)),
+      # num_steps is ignored (the tolerances set the cost), so it is not passed on.
+      "ode": ("ode", dict(solver="dopri5", rtol=1e-4, atol=1e-5, t_min=None, denoise=False,
+                          time_input="continuous", max_steps=8192, stats_callback=ode.log_stats)),
   }
   dpm_options = dict(order=3, method="singlestep", time_grid="karras", final_step="sigma_min",
                      lower_order_final=False, integer_timesteps=True)
   options = {"ancestral": {}, "ddim": dict(spacing="quadratic", eta=0.5),
              "dpm_solver": dpm_options, "dpm_solver++": dpm_options,
              "analytic_ddpm": dict(spacing="quadratic", clip_last_steps=2, ms_eps=ms),
-             "analytic_ddim": dict(spacing="quadratic", clip_last_steps=2, ms_eps=ms)}
+             "analytic_ddim": dict(spacing="quadratic", clip_last_steps=2, ms_eps=ms),
+             "edm_heun": dict(rho=5.0, sigma_max=2.0), "edm_stochastic": dict(sigma_min=0.1, s_churn=5.0),
+             "ode": dict(solver="dopri5", rtol=1e-4, denoise=False)}
   thresholds = dict(dynamic_thresholding_ratio=0.995, sample_max_value=1.0)  # the defaults
   # The score-based samplers (which also take an SDE) are dispatched in pc_test.py.
   assert set(expected) == {n for n in samplers.SAMPLERS if not samplers.registry.get(n).accepts_sde}
@@ -62,7 +73,9 @@ def test_every_name_reaches_its_sampler_with_the_options(monkeypatch):
     assert args[1] is sched and args[2] == SHAPE, name
     if fn == "dpm":
       kwargs = {**kwargs, **thresholds}
-    assert got == {**kwargs, **common}, (name, got)
+    expected_common = ({k: v for k, v in common.items() if k != "return_trajectory"} if fn == "ode"
+                       else common)
+    assert got == {**kwargs, **expected_common}, (name, got)
 
 
 def test_real_runs_match_the_direct_calls():

@@ -154,7 +154,11 @@ def test_train_sample_eval_end_to_end_on_digits(tmp_path):
   assert result["num_examples"] == 32 and result["step"] == 20
   # An untrained-ish model on 8-bit data: a finite bound well above 0 and below 8 + prior.
   assert 0.5 < result["total_bpd"] < 20
-  assert os.path.exists(os.path.join(workdir, "eval", "bpd_20.json"))
+  # Beside it, the probability-flow ODE's bits/dim of the same images, with its protocol.
+  assert np.isfinite(result["ode"]["bpd"]) and result["ode"]["mean_nfe"] > 0
+  assert result["ode"]["protocol"]["dequantization"] == "uniform"
+  with open(os.path.join(workdir, "eval", "bpd_20.json")) as f:
+    assert json.load(f)["ode"]["protocol"]["sde"] == "LogSNRVPSDE"
 
 
 @pytest.mark.slow

@@ -12,8 +12,11 @@ diffusion_jax.samplers` lists every sampler with its options. Built in:
   analytic_ddim   Analytic-DPM's optimal variance on the DDIM-type process (prepared: ms_eps)
   pc              predictor-corrector sampling of the reverse SDE (Song et al. 2021), `pc.pc_sample_loop`
   annealed_langevin  NCSN's annealed Langevin dynamics, `langevin.annealed_langevin_sample`
+  edm_heun        EDM's Heun sampler (Karras et al. 2022, Alg. 1); num_steps = N, 2N - 1 NFE
+  edm_stochastic  EDM's stochastic sampler (Alg. 2: S_churn, S_tmin, S_tmax, S_noise)
+  ode             the probability-flow ODE with diffrax's adaptive solvers (tolerances set the NFE)
 
-The last two take an `sde.SDE` in place of the schedule too (models trained with a
+pc, annealed_langevin and ode take an `sde.SDE` in place of the schedule too (models trained with a
 score-matching objective); on a DDPM schedule they run its exact `sde.PiecewiseVPSDE`.
 """
 
@@ -30,7 +33,7 @@ from diffusion_jax.diffusion import MeanType, VarType
 from diffusion_jax.samplers import registry  # before the samplers, which register in it
 # Registration order is the listing order.
 from diffusion_jax.samplers import ancestral, ddim, dpm_solver, analytic, grids  # noqa: F401,I001
-from diffusion_jax.samplers import pc, langevin  # noqa: F401,I001
+from diffusion_jax.samplers import pc, langevin, edm, ode  # noqa: F401,I001
 
 ModelFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 SAMPLERS: tuple[str, ...] = registry.names()  # the built-in ones; registry.names() has all

@@ -128,28 +128,46 @@ def _log_alpha_table(schedule: DiffusionSchedule) -> np.ndarray:
   return 0.5 * log_alphas_cumprod(schedule)
 
 
-def _lambda_from_log_alpha(log_alpha: np.ndarray) -> np.ndarray:
-  # lambda = log alpha - log sigma, sigma^2 = 1 - alpha^2.
-  return log_alpha - 0.5 * np.log(-np.expm1(2.0 * log_alpha))
+def lambda_from_log_alpha(log_alpha, xp=np):
+  """lambda = log alpha - log sigma with sigma^2 = 1 - alpha^2 (numpy, or jnp with xp=jnp)."""
+  return log_alpha - 0.5 * xp.log(-xp.expm1(2.0 * log_alpha))
+
+
+def log_alpha_from_lambda(lam, xp=np):
+  """The inverse of `lambda_from_log_alpha`: log alpha = -1/2 log(1 + e^{-2 lambda})."""
+  return -0.5 * xp.logaddexp(0.0, -2.0 * lam)
+
+
+def interp_log_alpha(u, table, xp=np):
+  """log alpha at continuous steps u from the per-step table [T]: piecewise linear in u."""
+  return xp.interp(u, xp.arange(table.shape[0], dtype=table.dtype), table)
+
+
+def interp_step(log_alpha, table, xp=np):
+  """The inverse of `interp_log_alpha` (exact: log alpha decreases strictly with u)."""
+  # interp needs increasing abscissae; log alpha decreases with u.
+  return xp.interp(log_alpha, table[::-1], xp.arange(table.shape[0], dtype=table.dtype)[::-1])
 
 
 def log_alpha_at(schedule: DiffusionSchedule, u: np.ndarray) -> np.ndarray:
   """log alpha(u) by piecewise-linear interpolation over the steps u = 0, 1, ..., T-1."""
-  table = _log_alpha_table(schedule)
-  return np.interp(np.asarray(u, np.float64), np.arange(table.shape[0]), table)
+  return interp_log_alpha(np.asarray(u, np.float64), _log_alpha_table(schedule))
 
 
 def lambda_at(schedule: DiffusionSchedule, u: np.ndarray) -> np.ndarray:
   """lambda(u) = log(alpha/sigma), half the log-SNR, of the continuous-time process."""
-  return _lambda_from_log_alpha(log_alpha_at(schedule, u))
+  return lambda_from_log_alpha(log_alpha_at(schedule, u))
 
 
 def u_from_lambda(schedule: DiffusionSchedule, lam: np.ndarray) -> np.ndarray:
   """The inverse of `lambda_at` (exact: log alpha is monotone and piecewise linear in u)."""
-  table = _log_alpha_table(schedule)
-  log_alpha = -0.5 * np.logaddexp(0.0, -2.0 * np.asarray(lam, np.float64))
-  # np.interp needs increasing abscissae; log alpha decreases with u.
-  return np.interp(log_alpha, table[::-1], np.arange(table.shape[0], dtype=np.float64)[::-1])
+  return interp_step(log_alpha_from_lambda(np.asarray(lam, np.float64)), _log_alpha_table(schedule))
+
+
+def model_time_at(schedule: DiffusionSchedule, u: np.ndarray) -> np.ndarray:
+  """The ORIGINAL timestep to show the model at continuous steps u (`timestep_map` interpolated)."""
+  timestep_map = np.asarray(schedule.timestep_map, np.float64)
+  return np.interp(np.asarray(u, np.float64), np.arange(timestep_map.shape[0]), timestep_map)
 
 
 def continuous_timesteps(schedule: DiffusionSchedule, num_points: int, kind: TimeGridName = "logSNR",
@@ -226,8 +244,7 @@ class TimeGrid:
     alpha = np.exp(log_alpha)
     sigma = np.sqrt(-np.expm1(2.0 * log_alpha))
     lam = log_alpha - np.log(sigma)
-    timestep_map = np.asarray(schedule.timestep_map, np.float64)
-    model_t = np.interp(u, np.arange(timestep_map.shape[0]), timestep_map)
+    model_t = model_time_at(schedule, u)
     if final == "zero":
       u, alpha, sigma, lam, model_t = (np.append(a, v) for a, v in (
           (u, np.nan), (alpha, 1.0), (sigma, 0.0), (lam, np.inf), (model_t, np.nan)))
