@@ -8,7 +8,10 @@ process x_t = a x_0 + sigma eps (a = sqrt(abar_t), sigma^2 = 1 - abar_t):
   p(x_t | k) = N(a mu_k, v_k I), v_k = a^2 s_k^2 + sigma^2,
   E[x_0 | x_t, k] = mu_k + (a s_k^2 / v_k)(x_t - a mu_k),
   Var[x_0 | x_t, k] = s_k^2 sigma^2 / v_k (per dimension),
-and E[x_0 | x_t] averages the component means with the posterior responsibilities.
+and E[x_0 | x_t] averages the component means with the posterior responsibilities
+p(k | x_t) = w_k N(x_t; a mu_k, v_k I) / q_t(x_t). When the components are the classes, p(k | x_t)
+is the exact noisy-image classifier and E[eps | x_t, k] the exact class-conditional model: the
+oracle of classifier and classifier-free guidance (`diffusion_jax.guidance`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.schedules import DiffusionSchedule, extract
+from diffusion_jax.samplers import grids
+from diffusion_jax.schedules import DiffusionSchedule
 
 
 @flax.struct.dataclass
@@ -53,8 +57,8 @@ class GaussianMixture:
     stds = self.stds[labels].reshape((num,) + (1,) * len(self.event_shape))
     return self.means[labels] + stds * noise, labels.astype(jnp.int32)
 
-  def _component_terms(self, x_t: jnp.ndarray, abar: jnp.ndarray):
-    """Responsibilities [B, K] and per-component posterior means [B, K, D]."""
+  def _terms(self, x_t: jnp.ndarray, abar: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """log w_k p(x_t | k) [B, K] and the per-component posterior means E[x_0 | x_t, k] [B, K, D]."""
     batch = x_t.shape[0]
     x = x_t.reshape(batch, 1, -1)
     mus = self.means.reshape(1, self.means.shape[0], -1)
@@ -64,34 +68,67 @@ class GaussianMixture:
     v = a**2 * s2 + (1.0 - abar).reshape(batch, 1, 1)
     resid = x - a * mus
     log_lik = -0.5 * (jnp.sum(resid**2, axis=-1) / v[..., 0] + dim * jnp.log(2 * jnp.pi * v[..., 0]))
-    resp = jax.nn.softmax(jnp.log(self.weights)[None, :] + log_lik, axis=-1)
-    return resp, mus + (a * s2 / v) * resid
+    return jnp.log(self.weights)[None, :] + log_lik, mus + (a * s2 / v) * resid
 
   def posterior_mean(self, x_t: jnp.ndarray, abar: jnp.ndarray) -> jnp.ndarray:
     """E[x_0 | x_t] for x_t [B, *event_shape] at noise levels abar [B]."""
-    resp, cond_means = self._component_terms(x_t, abar)
-    return jnp.einsum("bk,bkd->bd", resp, cond_means).reshape(x_t.shape)
+    log_joint, cond_means = self._terms(x_t, abar)
+    return jnp.einsum("bk,bkd->bd", jax.nn.softmax(log_joint, axis=-1), cond_means).reshape(x_t.shape)
 
   def marginal_log_prob(self, x_t: jnp.ndarray, abar: jnp.ndarray) -> jnp.ndarray:
     """log q_t(x_t) [B], the density of the noised data at noise level abar [B]."""
-    batch = x_t.shape[0]
-    x = x_t.reshape(batch, 1, -1)
-    dim = x.shape[-1]
-    a = jnp.sqrt(abar).reshape(batch, 1)
-    v = a**2 * jnp.square(self.stds)[None] + (1.0 - abar).reshape(batch, 1)
-    resid2 = jnp.sum((x - a[..., None] * self.means.reshape(1, self.means.shape[0], -1))**2, axis=-1)
-    log_lik = -0.5 * (resid2 / v + dim * jnp.log(2 * jnp.pi * v))
-    return jax.nn.logsumexp(jnp.log(self.weights)[None] + log_lik, axis=-1)
+    return jax.nn.logsumexp(self._terms(x_t, abar)[0], axis=-1)
+
+  def class_log_probs(self, x_t: jnp.ndarray, abar: jnp.ndarray) -> jnp.ndarray:
+    """log p(k | x_t) [B, K]: the exact noisy classifier when the components are the classes."""
+    return jax.nn.log_softmax(self._terms(x_t, abar)[0], axis=-1)
+
+  def conditional_eps(self, x_t: jnp.ndarray, abar: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+    """E[eps | x_t, y] [B, *event_shape] for labels y [B]; y = K (the null label) gives E[eps | x_t].
+
+    Given its class the data is one Gaussian, so this is -sqrt(1 - abar) grad log p(x_t | y).
+    """
+    log_joint, cond_means = self._terms(x_t, abar)
+    uncond = jnp.einsum("bk,bkd->bd", jax.nn.softmax(log_joint, axis=-1), cond_means)
+    x0 = jnp.concatenate([cond_means, uncond[:, None]], axis=1)          # [B, K + 1, D]
+    x0 = jnp.take_along_axis(x0, labels.astype(jnp.int32)[:, None, None], axis=1)[:, 0]
+    return _eps_from_x0(x_t, abar, x0.reshape(x_t.shape))
+
+  @property
+  def num_components(self) -> int:
+    return self.weights.shape[0]
 
   def x0_model_fn(self, schedule: DiffusionSchedule):
-    """model_fn(x_t, t) -> E[x_0 | x_t] for mean_type="x0"; t indexes `schedule` (the original chain)."""
-    return lambda x_t, t: self.posterior_mean(x_t, schedule.alphas_cumprod[t])
+    """model_fn(x_t, t) -> E[x_0 | x_t] for mean_type="x0".
+
+    t indexes `schedule` (the original chain); float t (DPM-Solver between steps) uses the
+    continuous-time abar of `grids.alphas_cumprod_at`.
+    """
+    return lambda x_t, t: self.posterior_mean(x_t, grids.alphas_cumprod_at(schedule, t))
 
   def eps_model_fn(self, schedule: DiffusionSchedule):
-    """model_fn(x_t, t) -> E[eps | x_t] for mean_type="eps"; t indexes `schedule` (the original chain)."""
+    """model_fn(x_t, t) -> E[eps | x_t] for mean_type="eps"; t as in `x0_model_fn`."""
 
     def eps(x_t, t):
-      abar = extract(schedule.alphas_cumprod, t, x_t.shape)
-      return (x_t - jnp.sqrt(abar) * self.posterior_mean(x_t, schedule.alphas_cumprod[t])) / jnp.sqrt(1.0 - abar)
+      abar = grids.alphas_cumprod_at(schedule, t)
+      return _eps_from_x0(x_t, abar, self.posterior_mean(x_t, abar))
 
     return eps
+
+  def class_logits_fn(self, schedule: DiffusionSchedule):
+    """classifier_fn(x_t, t) -> log p(k | x_t) [B, K], the exact noisy classifier; t as in `x0_model_fn`."""
+    return lambda x_t, t: self.class_log_probs(x_t, grids.alphas_cumprod_at(schedule, t))
+
+  def cond_eps_model_fn(self, schedule: DiffusionSchedule):
+    """cond_model_fn(x_t, t, labels) -> E[eps | x_t, y], with the null label K meaning "no label".
+
+    The exact model a classifier-free-guidance network learns with label dropout; t as in
+    `x0_model_fn`.
+    """
+    return lambda x_t, t, labels: self.conditional_eps(x_t, grids.alphas_cumprod_at(schedule, t), labels)
+
+
+def _eps_from_x0(x_t: jnp.ndarray, abar: jnp.ndarray, x0: jnp.ndarray) -> jnp.ndarray:
+  """eps = (x_t - sqrt(abar) x_0) / sqrt(1 - abar), abar [B] broadcast against x_t [B, ...]."""
+  a = abar.reshape((-1,) + (1,) * (x_t.ndim - 1))
+  return (x_t - jnp.sqrt(a) * x0) / jnp.sqrt(1.0 - a)
