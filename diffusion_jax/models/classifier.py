@@ -62,8 +62,7 @@ class NoisyClassifier(nn.Module):
   downsample_padding: int = 1
 
   def __post_init__(self):
-    object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
-    object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
+    unet.freeze_sequences(self)
     super().__post_init__()
 
   @nn.compact

@@ -76,9 +76,7 @@ class UNet(nn.Module):
   downsample_padding: int = 0
 
   def __post_init__(self):
-    # Configs may hand over lists (hashable tuples keep the module usable as a jit static arg).
-    object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
-    object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
+    freeze_sequences(self)
     super().__post_init__()
 
   def _check_inputs(self, x: Array, t: Array, y: Optional[Array]) -> None:
@@ -139,6 +137,13 @@ class UNet(nn.Module):
 # The trunk shared with the noisy classifier (`models.classifier`), which is ADM's encoder half of
 # this network: `m` is a UNet or a NoisyClassifier (any module with the architecture fields above);
 # called inside its compact `__call__`, the layers become its submodules under these names.
+
+
+def freeze_sequences(m: nn.Module) -> None:
+  """ch_mult and attn_resolutions as int tuples: configs may hand over lists, and hashable
+  fields keep the module usable as a jit static argument (call from __post_init__)."""
+  object.__setattr__(m, "ch_mult", tuple(int(v) for v in m.ch_mult))
+  object.__setattr__(m, "attn_resolutions", tuple(int(r) for r in m.attn_resolutions))
 
 
 def check_inputs(m: nn.Module, x: Array, t: Array) -> None:
