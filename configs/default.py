@@ -136,7 +136,7 @@ def get_config() -> config_dict.ConfigDict:
   cmodel.norm_groups = 32  # GroupNorm groups; must divide every ch * ch_mult[i].
   cmodel.norm_eps = 1e-5  # GroupNorm epsilon (ADM: 1e-5).
   cmodel.downsample_padding = 1  # Stride-2 conv padding: 1 symmetric (ADM) | 0 (DDPM).
-  classifier.training = ctrain = config_dict.ConfigDict()
+  classifier.training = ctrain = config_dict.ConfigDict()  # --mode=train_classifier's optimizer and loop
   ctrain.batch_size = 256  # GLOBAL batch of noised images (ADM's 128 px classifier: 256).
   ctrain.num_train_steps = 300_000  # Optimizer steps (ADM's 128 px classifier: 300K).
   ctrain.learning_rate = 3e-4  # AdamW learning rate (ADM: 3e-4).

@@ -8,9 +8,9 @@ Same workdir, data and diffusion (T = 1000 linear) as configs/digits_cond.py, wh
 guides; the classifier goes to workdir/classifier/. ADM's encoder half-U-Net with attention
 pooling, BigGAN down blocks and scale-shift norm at width 32, levels (1, 2) (8x8 and 4x4), one
 residual block per level, attention at 4x4 with 32-channel heads, trained 1000 steps of batch 64
-by AdamW (lr 1e-3 annealed to 0, weight decay 0.05) on q_sample'd digits at uniform t. It prints its accuracy on
-the test split at the end, and logs accuracy per quarter of t. Results: README, "Guidance on the
-digits".
+by AdamW (lr 1e-3 annealed to 0, weight decay 0.05) on q_sample'd digits at uniform t. Expect workdir/classifier/
+with checkpoints and TensorBoard accuracy per quarter of t, and a last line "classifier accuracy
+(step 1000, ... test images, t ~ U[0, 1000)): ..." (measured: README, "Guidance on the digits").
 """
 
 from configs import digits_cond

@@ -9,7 +9,9 @@ configs/digits.py's U-Net and training with 10 classes (a learned class embeddin
 time embedding, as in ADM) and label dropout 0.1: a label is replaced by the null label 10 with
 probability 0.1, so `sampling.guidance.kind=classifier_free` works on the same checkpoint. The
 noisy classifier for classifier guidance on this model is trained by configs/digits_classifier.py
-into the same workdir. Results: README, "Guidance on the digits".
+into the same workdir. Expect the files of configs/digits.py's run in the workdir and digits of
+the requested classes in samples/<step>/ (measured accuracies and Frechet distances per
+guidance scale: README, "Guidance on the digits").
 """
 
 from configs import digits
