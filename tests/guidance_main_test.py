@@ -10,7 +10,7 @@ import pytest
 
 import main
 from configs import tiny
-from diffusion_jax import classifier_training, config_validation, experiment, train, train_state
+from diffusion_jax import classifier_training, config_validation, experiment, parallel, train, train_state
 
 
 def _config():
@@ -46,10 +46,11 @@ def test_label_dropout_replaces_labels_with_the_null_label_per_example():
       return super().__call__(x, t, y, train)
 
   spy = Spy(**{f: getattr(model, f) for f in model.__dataclass_fields__ if f not in ("parent", "name")})
-  state = experiment.init_train_state(config, spy, tx)
-  step = jax.pmap(train.make_train_step(config, spy, diffusion_, tx), axis_name="batch")
-  batch = {"image": jnp.zeros((1, 64, 8, 8, 1)), "label": jnp.arange(64, dtype=jnp.int32)[None] % 10}
-  jax.block_until_ready(step(jax.device_put_replicated(state, jax.devices()[:1]), batch))
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  state = parallel.replicate(experiment.init_train_state(config, spy, tx), mesh)
+  step = parallel.pmap(train.make_train_step(config, spy, diffusion_, tx), mesh)
+  batch = {"image": np.zeros((1, 64, 8, 8, 1), np.float32), "label": np.arange(64, dtype=np.int32)[None] % 10}
+  jax.block_until_ready(step(state, parallel.shard(batch, mesh)))
   labels = seen[-1].reshape(-1)
   dropped = labels == 10
   assert 16 < dropped.sum() < 48                                  # p = 0.5 of 64
