@@ -89,6 +89,10 @@ def get_config() -> config_dict.ConfigDict:
   training.sample_every_steps = 50_000  # Sample-grid period with the EMA params, steps; 0 = never.
   training.num_grid_samples = 64  # Images in each sample grid.
   training.keep_checkpoints = 3  # Keep the last N checkpoints.
+  # Class-conditional models (model.num_classes): probability of replacing a label by the null
+  # label model.num_classes, so one network is conditional, unconditional and classifier-free
+  # guided (Ho & Salimans 2022 use 0.1 or 0.2); 0 = always the label.
+  training.label_dropout = 0.0
 
   # --- Sampling: the periodic grids and --mode=sample (diffusion_jax.samplers.sample). -------
   config.sampling = sampling = config_dict.ConfigDict()
@@ -110,6 +114,56 @@ def get_config() -> config_dict.ConfigDict:
   # max_steps). Only the section of the selected sampler is read, e.g.
   # --config.sampling.ddim.eta=1.0.
   sampling.update(samplers.registry.config_sections())
+  # Guidance of class-conditional sampling (diffusion_jax.guidance), in --mode=sample and
+  # --mode=eval (the training grids stay unguided).
+  sampling.guidance = guidance = config_dict.ConfigDict()
+  # none | classifier (ADM-G: the classifier of --mode=train_classifier, in workdir/classifier)
+  # | classifier_free (needs a model trained with training.label_dropout > 0).
+  guidance.kind = "none"
+  guidance.scale = 1.0  # Classifier: gradient scale s (0 = unguided). Free: w (1 = conditional).
+  # Classifier guidance's form: auto (mean_shift for ancestral, eps otherwise) | mean_shift
+  # (Algorithm 1, mu + s Sigma grad log p) | eps (Algorithm 2, eps - s sqrt(1 - abar) grad log p).
+  guidance.form = "auto"
+  guidance.classes = ()  # Classes to sample (drawn uniformly); () = all of model.num_classes.
+  # --mode=sample also writes guidance_grid.png (+ .npz): one row per class of `classes`, one
+  # column per scale here, the same noise in every column; () = no grid.
+  guidance.grid_scales = ()
+  guidance.classifier_checkpoint_step = config_dict.placeholder(int)  # None = latest.
+
+  # --- Noisy classifier for classifier guidance: --mode=train_classifier. ---------------------
+  # Writes workdir/classifier/ (checkpoints/, TensorBoard events, eval JSON); the diffusion
+  # (beta_schedule, num_timesteps) and the data come from the sections above, the number of
+  # classes from model.num_classes. Defaults: ADM's classifier (Dhariwal & Nichol 2021).
+  config.classifier = classifier = config_dict.ConfigDict()
+  classifier.model = cmodel = config_dict.ConfigDict()  # diffusion_jax.models.NoisyClassifier
+  cmodel.ch = 128  # Base width (ADM: 128).
+  cmodel.ch_mult = (1, 2, 2, 2)  # Per level; ADM: (1, 2, 3, 4) at 64 px, (1, 1, 2, 3, 4) at 128.
+  cmodel.num_res_blocks = 2  # Residual blocks per level (ADM's "depth": 2; 4 at 64 px).
+  cmodel.attn_resolutions = (16,)  # Feature-map sizes with attention (ADM: 32, 16, 8).
+  cmodel.dropout = 0.0  # Dropout in the residual blocks (ADM: 0).
+  cmodel.resamp_with_conv = True  # Strided-conv downsampling (when not resblock_updown).
+  cmodel.num_heads = 1  # Attention heads when num_head_channels = -1.
+  cmodel.num_head_channels = 64  # Channels per attention head (ADM: 64); -1 = use num_heads.
+  cmodel.resblock_updown = True  # BigGAN residual downsampling blocks (ADM).
+  cmodel.use_scale_shift_norm = True  # AdaGN time conditioning (ADM).
+  cmodel.skip_rescale = False  # Divide residual sums by sqrt(2).
+  cmodel.pool = "attention"  # Head: attention (ADM) | adaptive (average pool + linear).
+  cmodel.dtype = "float32"  # Computation dtype ("float32" or "bfloat16").
+  cmodel.temb_convention = "improved"  # Timestep embedding: ddpm | improved.
+  cmodel.norm_groups = 32  # GroupNorm groups; must divide every ch * ch_mult[i].
+  cmodel.norm_eps = 1e-5  # GroupNorm epsilon (ADM: 1e-5).
+  cmodel.downsample_padding = 1  # Stride-2 conv padding: 1 symmetric (ADM) | 0 (DDPM).
+  classifier.training = ctrain = config_dict.ConfigDict()  # --mode=train_classifier's optimizer and loop
+  ctrain.batch_size = 256  # GLOBAL batch of noised images (ADM's 128 px classifier: 256).
+  ctrain.num_train_steps = 300_000  # Optimizer steps (ADM's 128 px classifier: 300K).
+  ctrain.learning_rate = 3e-4  # AdamW learning rate (ADM: 3e-4).
+  ctrain.weight_decay = 0.05  # AdamW decoupled weight decay (ADM: 0.05).
+  ctrain.anneal_lr = True  # Decay the learning rate linearly to 0 over the run (ADM: yes).
+  ctrain.t_bands = 4  # Accuracy is logged per band of t: [0, T/4), [T/4, T/2), ... (quartiles).
+  ctrain.log_every_steps = 100  # TensorBoard scalars (loss, accuracy per t band), steps.
+  ctrain.checkpoint_every_steps = 10_000  # Checkpoint period, steps (also at the end).
+  ctrain.keep_checkpoints = 3  # Keep the last N checkpoints.
+  ctrain.eval_batches = 10  # At the end: accuracy per t band on this many eval_split batches.
 
   # --- Evaluation: --mode=eval and the end of training. --------------------------------------
   config.eval = eval_config = config_dict.ConfigDict()

@@ -199,6 +199,11 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
                 "num_grid_samples"):
     _check_positive_int(config, f"training.{field}")
   _check_positive_int(config, "training.sample_every_steps", allow_zero=True)
+  if not 0.0 <= training.label_dropout < 1.0:
+    _fail("training.label_dropout", training.label_dropout, "must be in [0, 1), e.g. 0.1.")
+  if training.label_dropout > 0 and not model.num_classes:
+    _fail("training.label_dropout", training.label_dropout,
+          "drops class labels, but the model is unconditional: set model.num_classes, or 0.")
 
   # Sampling: the sampler's declared options, read from its config section.
   _check_choice(config, "sampling.sampler", registry.names())
@@ -226,6 +231,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
                              where=f"config.sampling.{section}")
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  _validate_guidance(config)
   _check_positive_int(config, "sampling.num_samples")
   _check_positive_int(config, "sampling.batch_size")
   _check_divisible(config, "sampling.batch_size", num_devices)
@@ -248,3 +254,87 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
     _fail(f"eval.{missing}", None,
           "FID needs both eval.inception_weights and eval.reference_stats (see "
           "diffusion_jax/evaluation/README.md); set the missing one or unset both.")
+
+
+GUIDANCE_KINDS = ("none", "classifier", "classifier_free")
+GUIDANCE_FORMS = ("auto", "mean_shift", "eps")
+
+
+def _validate_guidance(config: ml_collections.ConfigDict) -> None:
+  """config.sampling.guidance: what it needs from the model, the sampler and its numbers."""
+  if "guidance" not in config.sampling:
+    _fail("sampling.guidance", None, "section missing; build configs on configs/default.py's "
+          "get_config().")
+  g = config.sampling.guidance
+  _check_choice(config, "sampling.guidance.kind", GUIDANCE_KINDS)
+  _check_choice(config, "sampling.guidance.form", GUIDANCE_FORMS)
+  for field, values in (("scale", (g.scale,)), ("grid_scales", tuple(g.grid_scales))):
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               for v in values):
+      _fail(f"sampling.guidance.{field}", getattr(g, field), "must be finite numbers, e.g. 2.0 "
+            "(grid_scales: a tuple such as (0., 1., 2., 4.)).")
+  if g.kind == "none":
+    if g.grid_scales:
+      _fail("sampling.guidance.grid_scales", tuple(g.grid_scales),
+            "a guidance grid needs sampling.guidance.kind=classifier or classifier_free.")
+    return
+  num_classes = config.model.num_classes
+  if not num_classes:
+    _fail("sampling.guidance.kind", g.kind, "guides a class-conditional model: set "
+          "model.num_classes (and train the model with labels).")
+  bad = [c for c in g.classes if not isinstance(c, int) or not 0 <= c < num_classes]
+  if bad:
+    _fail("sampling.guidance.classes", tuple(g.classes),
+          f"classes must be integers in [0, {num_classes}) (model.num_classes); () = all.")
+  if g.kind == "classifier_free" and not config.training.label_dropout > 0:
+    _fail("sampling.guidance.kind", g.kind,
+          "classifier-free guidance needs a model trained with label dropout (its null label): "
+          "train with training.label_dropout > 0 (e.g. 0.1), or use kind=classifier.")
+  if g.kind == "classifier" and g.form == "mean_shift" and config.sampling.sampler != "ancestral":
+    _fail("sampling.guidance.form", g.form,
+          f"the mean shift (Algorithm 1) is ancestral sampling's form; sampler "
+          f"{config.sampling.sampler!r} takes form=eps (Algorithm 2), which auto chooses.")
+
+
+def validate_classifier_config(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
+  """Raises ConfigError on the first field --mode=train_classifier cannot use."""
+  from diffusion_jax.models import classifier  # pylint: disable=g-import-not-at-top
+  if "classifier" not in config:
+    _fail("classifier", None, "section missing; build configs on configs/default.py's get_config().")
+  if not config.model.num_classes or config.model.num_classes < 2:
+    _fail("model.num_classes", config.model.num_classes,
+          "the classifier predicts model.num_classes classes: set it (e.g. 10 for the digits).")
+  cmodel, size = config.classifier.model, config.data.image_size
+  factor = 2 ** (len(cmodel.ch_mult) - 1)
+  if not cmodel.ch_mult or size % factor:
+    _fail("classifier.model.ch_mult", tuple(cmodel.ch_mult),
+          f"halves the {size}-pixel images {len(cmodel.ch_mult) - 1} times; use at most "
+          f"{int(math.log2(size & -size)) + 1} levels.")
+  resolutions = [size // 2**i for i in range(len(cmodel.ch_mult))]
+  if any(r not in resolutions for r in cmodel.attn_resolutions):
+    _fail("classifier.model.attn_resolutions", tuple(cmodel.attn_resolutions),
+          f"pick from the classifier's feature-map sizes {resolutions}.")
+  for mult in cmodel.ch_mult:
+    width = cmodel.ch * mult
+    if width % cmodel.norm_groups:
+      _fail("classifier.model.norm_groups", cmodel.norm_groups,
+            f"must divide every width ch * ch_mult = {width}; change classifier.model.ch or it.")
+    if cmodel.num_head_channels not in (None, -1) and width % cmodel.num_head_channels:
+      _fail("classifier.model.num_head_channels", cmodel.num_head_channels,
+            f"must divide every width ch * ch_mult = {width}.")
+  if cmodel.dropout != 0.0:
+    _fail("classifier.model.dropout", cmodel.dropout,
+          "the classifier trains without dropout (as ADM's); set it to 0.")
+  if cmodel.pool not in classifier.POOLS:
+    _fail("classifier.model.pool", cmodel.pool, f"choose one of {', '.join(map(repr, classifier.POOLS))}.")
+  for field in ("batch_size", "num_train_steps", "log_every_steps", "checkpoint_every_steps",
+                "keep_checkpoints", "t_bands"):
+    _check_positive_int(config, f"classifier.training.{field}")
+  _check_positive_int(config, "classifier.training.eval_batches", allow_zero=True)
+  _check_divisible(config, "classifier.training.batch_size", num_devices)
+  ct = config.classifier.training
+  if not (isinstance(ct.learning_rate, (int, float)) and math.isfinite(ct.learning_rate)
+          and ct.learning_rate > 0):
+    _fail("classifier.training.learning_rate", ct.learning_rate, "must be a finite number > 0.")
+  if not ct.weight_decay >= 0:
+    _fail("classifier.training.weight_decay", ct.weight_decay, "must be >= 0 (ADM: 0.05).")

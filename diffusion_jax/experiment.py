@@ -15,7 +15,7 @@ import ml_collections
 import optax
 
 from diffusion_jax import diffusion, schedules, sde as sde_lib, timestep_sampling, train_state
-from diffusion_jax.models import UNet
+from diffusion_jax.models import NoisyClassifier, UNet
 
 KEY_NAMES = ("init", "train", "sample", "eval")
 OBJECTIVES = ("ddpm", "score_sde", "ncsn")  # config.diffusion.objective
@@ -23,11 +23,29 @@ SDE_KINDS = ("vp", "subvp", "ve")  # config.diffusion.sde
 
 
 def create_model(config: ml_collections.ConfigDict) -> UNet:
-  """The U-Net of `config.model`; out_ch follows from num_channels and var_type (C or 2C)."""
+  """The U-Net of `config.model`; out_ch follows from num_channels and var_type (C or 2C).
+
+  With training.label_dropout > 0 the class embedding gets one more row, the null label
+  (`null_label`), so one network is conditional, unconditional and classifier-free guided.
+  """
   kwargs = dict(config.model)
   kwargs.setdefault("out_ch", diffusion.model_output_channels(config.data.num_channels,
                                                               config.diffusion.var_type))
+  if null_label(config) is not None:
+    kwargs["num_classes"] = config.model.num_classes + 1
   return UNet(**kwargs)
+
+
+def null_label(config: ml_collections.ConfigDict) -> int | None:
+  """The label meaning "no class" (= model.num_classes) of a model trained with label dropout."""
+  if config.model.num_classes and config.training.label_dropout > 0:
+    return config.model.num_classes
+  return None
+
+
+def create_classifier(config: ml_collections.ConfigDict) -> NoisyClassifier:
+  """The noisy classifier of `config.classifier.model`, over model.num_classes classes."""
+  return NoisyClassifier(num_classes=config.model.num_classes, **config.classifier.model)
 
 
 def create_schedule(config: ml_collections.ConfigDict) -> schedules.DiffusionSchedule:

@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.schedules import DiffusionSchedule, extract
+from diffusion_jax.samplers import grids
+from diffusion_jax.schedules import DiffusionSchedule
 
 
 @flax.struct.dataclass
@@ -107,14 +108,62 @@ class GaussianMixture:
     return score
 
   def x0_model_fn(self, schedule: DiffusionSchedule):
-    """model_fn(x_t, t) -> E[x_0 | x_t] for mean_type="x0"; t indexes `schedule` (the original chain)."""
-    return lambda x_t, t: self.posterior_mean(x_t, schedule.alphas_cumprod[t])
+    """model_fn(x_t, t) -> E[x_0 | x_t] for mean_type="x0".
+
+    t indexes `schedule` (the original chain); float t (DPM-Solver between steps) uses the
+    continuous-time abar of `grids.alphas_cumprod_at`.
+    """
+    return lambda x_t, t: self.posterior_mean(x_t, grids.alphas_cumprod_at(schedule, t))
 
   def eps_model_fn(self, schedule: DiffusionSchedule):
-    """model_fn(x_t, t) -> E[eps | x_t] for mean_type="eps"; t indexes `schedule` (the original chain)."""
+    """model_fn(x_t, t) -> E[eps | x_t] for mean_type="eps"; t as in `x0_model_fn`."""
 
     def eps(x_t, t):
-      abar = extract(schedule.alphas_cumprod, t, x_t.shape)
-      return (x_t - jnp.sqrt(abar) * self.posterior_mean(x_t, schedule.alphas_cumprod[t])) / jnp.sqrt(1.0 - abar)
+      abar = grids.alphas_cumprod_at(schedule, t)
+      return _eps_from_x0(x_t, abar, self.posterior_mean(x_t, abar))
 
     return eps
+
+  # --- Classes: the components as labels (the oracle of diffusion_jax.guidance). -------------
+  # p(k | x_t) is the exact noisy classifier and E[eps | x_t, k] the exact class-conditional
+  # model, with k = K as the null label of classifier-free guidance.
+
+  def class_log_probs(self, x_t: jnp.ndarray, abar: jnp.ndarray) -> jnp.ndarray:
+    """log p(k | x_t) [B, K]: the exact noisy classifier when the components are the classes."""
+    _, log_joint, _, _ = self._component_terms(x_t, jnp.sqrt(abar), jnp.sqrt(1.0 - abar))
+    return jax.nn.log_softmax(log_joint, axis=-1)
+
+  def conditional_eps(self, x_t: jnp.ndarray, abar: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+    """E[eps | x_t, y] [B, *event_shape] for labels y [B]; y = K (the null label) gives E[eps | x_t].
+
+    Given its class the data is one Gaussian, so this is -sqrt(1 - abar) grad log p(x_t | y).
+    """
+    resp, _, resid, v = self._component_terms(x_t, jnp.sqrt(abar), jnp.sqrt(1.0 - abar))
+    s2 = jnp.square(self.stds)[None, :, None]
+    cond_means = self.means.reshape(1, self.num_components, -1) + (jnp.sqrt(abar)[:, None, None] * s2 / v) * resid
+    uncond = jnp.einsum("bk,bkd->bd", resp, cond_means)
+    x0 = jnp.concatenate([cond_means, uncond[:, None]], axis=1)          # [B, K + 1, D]
+    x0 = jnp.take_along_axis(x0, labels.astype(jnp.int32)[:, None, None], axis=1)[:, 0]
+    return _eps_from_x0(x_t, abar, x0.reshape(x_t.shape))
+
+  @property
+  def num_components(self) -> int:
+    return self.weights.shape[0]
+
+  def class_logits_fn(self, schedule: DiffusionSchedule):
+    """classifier_fn(x_t, t) -> log p(k | x_t) [B, K], the exact noisy classifier; t as in `x0_model_fn`."""
+    return lambda x_t, t: self.class_log_probs(x_t, grids.alphas_cumprod_at(schedule, t))
+
+  def cond_eps_model_fn(self, schedule: DiffusionSchedule):
+    """cond_model_fn(x_t, t, labels) -> E[eps | x_t, y], with the null label K meaning "no label".
+
+    The exact model a classifier-free-guidance network learns with label dropout; t as in
+    `x0_model_fn`.
+    """
+    return lambda x_t, t, labels: self.conditional_eps(x_t, grids.alphas_cumprod_at(schedule, t), labels)
+
+
+def _eps_from_x0(x_t: jnp.ndarray, abar: jnp.ndarray, x0: jnp.ndarray) -> jnp.ndarray:
+  """eps = (x_t - sqrt(abar) x_0) / sqrt(1 - abar), abar [B] broadcast against x_t [B, ...]."""
+  a = abar.reshape((-1,) + (1,) * (x_t.ndim - 1))
+  return (x_t - jnp.sqrt(a) * x0) / jnp.sqrt(1.0 - a)

@@ -7,6 +7,7 @@ training run. Samplers come from the registry (`config.sampling.sampler` and its
 Gamma) runs once per restored model. Outputs:
 
   samples/<step>/samples.npz, samples.png   --mode=sample (uint8 images [N, H, W, C], labels)
+  samples/<step>/guidance_grid.{png,npz}    --mode=sample with sampling.guidance.grid_scales
   eval/bpd_<step>.json                      test-set bits/dim: DDPM's bound (Table 2) and, with
                                             eval.ode_bpd, along the probability-flow ODE
   eval/<score>_<step>.json (+ chunks)       sample quality (`evaluation.scorers`)
@@ -14,6 +15,7 @@ Gamma) runs once per restored model. Outputs:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -26,10 +28,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion_jax import checkpointing, config_validation, diffusion, experiment, losses
+from diffusion_jax import checkpointing, config_validation, diffusion, experiment, guidance, losses
 from diffusion_jax import modes, parallel, samplers, utils
+from diffusion_jax.models import classifier
 from diffusion_jax.models.model_fn import make_model_fn
-from diffusion_jax.samplers import registry
+from diffusion_jax.samplers import ancestral, registry
 
 PyTree = Any
 # (replicated params, key) -> (images float32 [batch, H, W, C] in [-1, 1], labels int32 [batch])
@@ -68,12 +71,81 @@ def prepare_sampler(config: ml_collections.ConfigDict, model: nn.Module,
   return prepared
 
 
+@dataclasses.dataclass(frozen=True)
+class Guidance:
+  """What guided sampling needs besides the diffusion model (`load_guidance`).
+
+  Attributes:
+    kind: "classifier" or "classifier_free" (config.sampling.guidance.kind).
+    form: classifier guidance's "mean_shift" or "eps" (resolved from "auto").
+    classes: int32 [K] classes to sample.
+    classifier: the NoisyClassifier (kind "classifier"), else None.
+    classifier_params: its parameters on host (kind "classifier"), else None.
+    null_label: the model's null label (kind "classifier_free"), else None.
+  """
+  kind: str
+  form: str
+  classes: np.ndarray
+  classifier: Optional[nn.Module] = None
+  classifier_params: Optional[PyTree] = None
+  null_label: Optional[int] = None
+
+
+def load_guidance(config: ml_collections.ConfigDict, workdir: str) -> Optional[Guidance]:
+  """The guidance of config.sampling.guidance (None for kind "none"); reads the classifier."""
+  gcfg = config.sampling.guidance
+  if gcfg.kind == "none":
+    return None
+  form = gcfg.form if gcfg.form != "auto" else (
+      "mean_shift" if config.sampling.sampler == "ancestral" else "eps")
+  classes = np.asarray(gcfg.classes or range(config.model.num_classes), np.int32)
+  if gcfg.kind == "classifier_free":
+    return Guidance("classifier_free", form, classes, null_label=experiment.null_label(config))
+  from diffusion_jax import classifier_training  # pylint: disable=g-import-not-at-top
+  params, step = checkpointing.restore_ema_params(classifier_training.classifier_dir(workdir),
+                                                  gcfg.classifier_checkpoint_step)
+  logging.info("Classifier guidance (%s form) with the classifier of step %d.", form, step)
+  return Guidance("classifier", form, classes, experiment.create_classifier(config), params)
+
+
+def guided_model_fn(config: ml_collections.ConfigDict, model: nn.Module,
+                    diffusion_: diffusion.GaussianDiffusion, params: PyTree, labels: jnp.ndarray,
+                    guidance_: Optional[Guidance], scale: Any,
+                    classifier_params: Optional[PyTree] = None) -> Callable:
+  """The model_fn a sampler gets: the model with its labels bound, guided by `guidance_`."""
+  if guidance_ is None:
+    return make_model_fn(model, params, labels=labels if config.model.num_classes else None)
+  if guidance_.kind == "classifier_free":
+    cond_model_fn = lambda x, t, y: make_model_fn(model, params, labels=y)(x, t)
+    return guidance.classifier_free_guidance(cond_model_fn, labels, scale=scale,
+                                             null_label=guidance_.null_label,
+                                             var_type=diffusion_.var_type)
+  schedule = diffusion_.schedule
+  if guidance_.form == "mean_shift" and config.sampling.sampler == "ancestral":
+    schedule = ancestral.walked_schedule(schedule, config.sampling.num_steps)
+  return guidance.classifier_guidance(
+      make_model_fn(model, params, labels=labels),
+      classifier.classifier_fn(guidance_.classifier, classifier_params), schedule, labels,
+      scale=scale, form=guidance_.form, **diffusion_.parameterization)
+
+
+def sampler_params(params: PyTree, guidance_: Optional[Guidance], mesh: jax.sharding.Mesh) -> PyTree:
+  """What a sampler of `make_sampler` takes as params: the replicated model parameters, with
+  the classifier's beside them for classifier guidance."""
+  params = parallel.replicate(params, mesh)
+  if guidance_ is not None and guidance_.kind == "classifier":
+    return params, parallel.replicate(guidance_.classifier_params, mesh)
+  return params
+
+
 def make_sampler(config: ml_collections.ConfigDict, model: nn.Module,
                  diffusion_: diffusion.GaussianDiffusion, mesh: jax.sharding.Mesh,
-                 batch_size: int, prepared: Optional[dict] = None) -> SamplerFn:
-  """The configured sampler over the mesh: (replicated params, key) -> a global batch on host.
+                 batch_size: int, prepared: Optional[dict] = None,
+                 guidance_: Optional[Guidance] = None) -> SamplerFn:
+  """The configured sampler over the mesh: (params, key) -> a global batch on host.
 
-  Device d draws from fold_in(key, d); class-conditional models get uniformly drawn labels.
+  Device d draws from fold_in(key, d); class-conditional models get uniformly drawn labels (of
+  guidance_.classes when guided, at scale config.sampling.guidance.scale).
 
   Args:
     config: the run config (sampling and model sections).
@@ -82,20 +154,26 @@ def make_sampler(config: ml_collections.ConfigDict, model: nn.Module,
     mesh: from `parallel.make_mesh`.
     batch_size: GLOBAL images per call (divisible by the mesh size).
     prepared: the sampler's prepared inputs (`prepare_sampler`).
+    guidance_: `load_guidance(config, workdir)`; params are then `sampler_params(...)`.
   """
   per_device = parallel.per_device(batch_size, mesh)
   shape = (per_device, config.data.image_size, config.data.image_size, config.data.num_channels)
   num_classes = config.model.num_classes
-  options = dict(sampler=config.sampling.sampler, num_steps=config.sampling.num_steps,
-                 clip_denoised=config.sampling.clip_denoised, **diffusion_.parameterization,
-                 **registry.options_from_config(config.sampling), **(prepared or {}))
+  options = _sampler_options(config, diffusion_, prepared)
 
   def sample_on_device(params, key):
     key = jax.random.fold_in(key, jax.lax.axis_index(parallel.AXIS))
     label_key, key = jax.random.split(key)
-    labels = (jax.random.randint(label_key, (per_device,), 0, num_classes) if num_classes
-              else jnp.zeros((per_device,), jnp.int32))
-    model_fn = make_model_fn(model, params, labels=labels if num_classes else None)
+    if guidance_ is not None:
+      labels = jnp.asarray(guidance_.classes)[
+          jax.random.randint(label_key, (per_device,), 0, len(guidance_.classes))]
+    elif num_classes:
+      labels = jax.random.randint(label_key, (per_device,), 0, num_classes)
+    else:
+      labels = jnp.zeros((per_device,), jnp.int32)
+    params, classifier_params = params if isinstance(params, tuple) else (params, None)
+    model_fn = guided_model_fn(config, model, diffusion_, params, labels, guidance_,
+                               config.sampling.guidance.scale, classifier_params)
     return samplers.sample(model_fn, diffusion_.process, shape, key, **options), labels
 
   p_sample = parallel.pmap(sample_on_device, mesh, in_axes=(0, None))
@@ -105,6 +183,52 @@ def make_sampler(config: ml_collections.ConfigDict, model: nn.Module,
     return images.reshape((-1,) + images.shape[2:]), labels.reshape(-1)
 
   return run
+
+
+def _sampler_options(config: ml_collections.ConfigDict, diffusion_: diffusion.GaussianDiffusion,
+                     prepared: Optional[dict] = None) -> dict:
+  return dict(sampler=config.sampling.sampler, num_steps=config.sampling.num_steps,
+              clip_denoised=config.sampling.clip_denoised, **diffusion_.parameterization,
+              **registry.options_from_config(config.sampling), **(prepared or {}))
+
+
+def guidance_grid(config: ml_collections.ConfigDict, model: nn.Module,
+                  diffusion_: diffusion.GaussianDiffusion, mesh: jax.sharding.Mesh, params: PyTree,
+                  guidance_: Guidance, key: jax.Array) -> np.ndarray:
+  """Guided samples, one row per class of guidance_.classes, one column per scale of
+  config.sampling.guidance.grid_scales; every column of a row starts from the same x_T.
+
+  Args:
+    params: `sampler_params(...)` (replicated).
+
+  Returns:
+    uint8 [rows, columns, H, W, C].
+  """
+  scales = np.asarray(config.sampling.guidance.grid_scales, np.float32)
+  rows, cols = len(guidance_.classes), len(scales)
+  image = (config.data.image_size, config.data.image_size, config.data.num_channels)
+  devices = mesh.devices.size
+  total = -(-rows * cols // devices) * devices                    # padded to the devices
+  x_T = np.repeat(np.asarray(jax.random.normal(key, (rows,) + image)), cols, axis=0)
+  batch = {"x_T": x_T, "label": np.repeat(guidance_.classes, cols), "scale": np.tile(scales, rows)}
+  batch = {k: np.concatenate([v, np.repeat(v[-1:], total - len(v), axis=0)]) for k, v in batch.items()}
+  layout = parallel.batch_layout(total, mesh)
+  local = {k: v[layout.offset:layout.offset + layout.local_size].reshape(
+      (layout.local_devices, layout.per_device) + v.shape[1:]) for k, v in batch.items()}
+  options = _sampler_options(config, diffusion_)
+
+  def on_device(params, batch, key):
+    key = jax.random.fold_in(key, jax.lax.axis_index(parallel.AXIS))
+    params, classifier_params = params if isinstance(params, tuple) else (params, None)
+    model_fn = guided_model_fn(config, model, diffusion_, params, batch["label"], guidance_,
+                               batch["scale"], classifier_params)
+    return samplers.sample(model_fn, diffusion_.schedule, batch["x_T"].shape, key,
+                           x_T=batch["x_T"], **options)
+
+  images = parallel.gather(parallel.pmap(on_device, mesh, in_axes=(0, 0, None))(
+      params, parallel.shard(local, mesh), jax.random.fold_in(key, 1)))
+  images = utils.to_uint8(images.reshape((-1,) + image)[:rows * cols])
+  return images.reshape((rows, cols) + image)
 
 
 def generate(sampler: SamplerFn, params: PyTree, key: jax.Array,
@@ -156,15 +280,24 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   """
   model, diffusion_, params, step = restore(config, workdir, config.sampling.checkpoint_step)
   mesh = parallel.make_mesh()
+  guidance_ = load_guidance(config, workdir)
   sampler = make_sampler(config, model, diffusion_, mesh, config.sampling.batch_size,
-                         prepare_sampler(config, model, diffusion_, params))
+                         prepare_sampler(config, model, diffusion_, params), guidance_)
   start = time.time()
-  images, labels = generate(sampler, parallel.replicate(params, mesh),
-                            jax.random.fold_in(experiment.base_keys(config)["sample"], 1),
-                            config.sampling.num_samples)
+  params = sampler_params(params, guidance_, mesh)
+  key = experiment.base_keys(config)["sample"]
+  images, labels = generate(sampler, params, jax.random.fold_in(key, 1), config.sampling.num_samples)
   directory = os.path.join(workdir, "samples", str(step))
   if jax.process_index() == 0:
     write_samples(directory, images, labels)
+  if guidance_ is not None and config.sampling.guidance.grid_scales:
+    grid = guidance_grid(config, model, diffusion_, mesh, params, guidance_, jax.random.fold_in(key, 2))
+    if jax.process_index() == 0:
+      np.savez(os.path.join(directory, "guidance_grid.npz"), images=grid, classes=guidance_.classes,
+               scales=np.asarray(config.sampling.guidance.grid_scales), kind=guidance_.kind)
+      utils.save_png(os.path.join(directory, "guidance_grid.png"), utils.make_grid(
+          grid.reshape((-1,) + grid.shape[2:]), num_cols=grid.shape[1],
+          scale=utils.grid_scale(grid.shape[2])))
   logging.info("Wrote %d samples of step %d to %s in %.1fs.", len(images), step, directory,
                time.time() - start)
   return directory
@@ -190,13 +323,19 @@ def evaluate_sample_quality(config: ml_collections.ConfigDict, workdir: str, ema
   mesh = parallel.make_mesh()
   num = config.eval.num_quality_samples
   batch = min(config.eval.quality_batch_size, -(-num // mesh.devices.size) * mesh.devices.size)
+  guidance_ = load_guidance(config, workdir)
   sampler = make_sampler(config, model, diffusion_, mesh, batch,
-                         prepare_sampler(config, model, diffusion_, ema_params))
-  params = parallel.replicate(ema_params, mesh)
+                         prepare_sampler(config, model, diffusion_, ema_params), guidance_)
+  params = sampler_params(ema_params, guidance_, mesh)
   protocol = {"step": step, "params": "ema", "sampler": config.sampling.sampler,
               "num_steps": config.sampling.num_steps,
               "clip_denoised": config.sampling.clip_denoised, **diffusion_.parameterization,
               **registry.options_from_config(config.sampling)}
+  suffix = ""
+  if guidance_ is not None:
+    protocol["guidance"] = {"kind": guidance_.kind, "scale": config.sampling.guidance.scale,
+                            "form": guidance_.form, "classes": guidance_.classes.tolist()}
+    suffix = f"_{guidance_.kind}_{config.sampling.guidance.scale:g}"
   result = {}
   shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
   for name in names:
@@ -204,7 +343,7 @@ def evaluate_sample_quality(config: ml_collections.ConfigDict, workdir: str, ema
     scorer.check_shape(shape)  # on every process, before any of them starts sampling
     scores = sample_quality.evaluate_sample_quality(
         lambda key, n: sampler(params, key)[0][:n], num_samples=num, batch_size=batch,
-        eval_config=config.eval, workdir=workdir, protocol=protocol, name=f"{name}_{step}",
+        eval_config=config.eval, workdir=workdir, protocol=protocol, name=f"{name}_{step}{suffix}",
         seed=config.seed, step=step, scorer=scorer,
         writer=writer if jax.process_index() == 0 else None)
     if jax.process_index() == 0:  # the others sampled but did not score

@@ -62,7 +62,7 @@ from diffusion_jax.datasets import folder
 folder_split_files = folder.split_files  # the folder split rule (module docstring)
 
 TFDS_DATASETS = ("digits", "cifar10", "mnist", "celeb_a_hq/256", "lsun/bedroom",
-                 "lsun/church_outdoor", "lsun/cat")
+                 "lsun/church_outdoor", "lsun/cat", "imagenet2012")
 DATASETS = TFDS_DATASETS + ("folder",)
 # Small enough to hold the decoded split in memory (the step-indexed path of the train iterator).
 IN_MEMORY_DATASETS = ("digits", "cifar10", "mnist")

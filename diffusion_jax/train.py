@@ -41,7 +41,8 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
                     tx: optax.GradientTransformation) -> TrainStep:
   """Builds the per-device train step; run it under pmap with axis name "batch".
 
-  One step (DDPM Algorithm 1, with Improved DDPM's options): draw t and eps per example, take
+  One step (DDPM Algorithm 1, with Improved DDPM's options): draw t and eps per example (and,
+  with training.label_dropout, whether its label becomes the null label), take
   the loss of `losses.training_losses` (weighted for importance-sampled t), average gradients
   over devices, clip, Adam, then update the EMA and the timestep-loss history. With a
   score-matching objective (config.diffusion.objective) t is a continuous time ~ U(sde_eps, 1)
@@ -64,6 +65,7 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
   tcfg = config.training
   lr_schedule = train_state.learning_rate_schedule(config)
   conditional = bool(config.model.num_classes)
+  null = experiment.null_label(config)
   uses_dropout = config.model.dropout > 0
 
   def step(state: train_state.TrainState, batch: dict) -> tuple[train_state.TrainState, dict]:
@@ -72,8 +74,13 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
     # Per-example keys from the global example index: independent of the device layout.
     first = jax.lax.axis_index(parallel.AXIS) * n
     step_key = jax.random.fold_in(train_key, state.step)
-    keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(step_key, i), 3))(
-        first + jnp.arange(n))
+    example_keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(first + jnp.arange(n))
+    keys = jax.vmap(lambda k: jax.random.split(k, 3))(example_keys)
+    labels = batch["label"] if conditional else None
+    if null is not None:  # label dropout (Ho & Salimans 2022): the null label with probability p
+      drop = jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, 3), tcfg.label_dropout))(
+          example_keys)
+      labels = jnp.where(drop, null, labels)
 
     def draw_t(key):
       t, w = timestep_sampling.sample_timesteps(key, 1, schedule.num_timesteps,
@@ -88,7 +95,7 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
     noise = jax.vmap(lambda k: jax.random.normal(k, images.shape[1:], images.dtype))(keys[:, 1])
 
     def loss_fn(params):
-      model_fn = make_model_fn(model, params, labels=batch["label"] if conditional else None,
+      model_fn = make_model_fn(model, params, labels=labels,
                                train=True, dropout_keys=keys[:, 2] if uses_dropout else None)
       if objective is None:
         terms = losses.training_losses(model_fn, schedule, images, t, noise,

@@ -14,7 +14,8 @@ from diffusion_jax.models import UNet
 from diffusion_jax.samplers import registry
 
 CONFIGS = ["default", "tiny", "digits", "cifar10", "celebahq", "lsun_bedroom", "lsun_church",
-           "lsun_cat", "vp_digits", "ncsn_digits", "vp_cifar10", "ve_cifar10"]
+           "lsun_cat", "vp_digits", "ncsn_digits", "vp_cifar10", "ve_cifar10", "digits_cond",
+           "digits_classifier", "adm_imagenet64", "adm_imagenet128", "adm_imagenet256"]
 
 
 def _num_params(config) -> int:
@@ -63,6 +64,22 @@ def test_paper_parameter_counts():
   assert abs(_num_params(bedroom) - 113.7e6) < 0.5e6
   c10.diffusion.var_type = "learned_range"  # output channels follow var_type: 2C
   assert experiment.create_model(c10).out_ch == 6
+
+
+@pytest.mark.parametrize("name,unet,classifier", [
+    ("adm_imagenet64", 295.9e6, 65.44e6), ("adm_imagenet128", 421.5e6, 42.57e6),
+    ("adm_imagenet256", 553.8e6, 54.10e6)])
+def test_adm_parameter_counts(name, unet, classifier):
+  """ADM's diffusion models: 296M / 422M / 554M (Dhariwal & Nichol 2021, hyperparameter table);
+  the classifiers of guided-diffusion's settings (counted layer by layer in classifier_test)."""
+  config = importlib.import_module(f"configs.{name}").get_config()
+  config_validation.validate_classifier_config(config, num_devices=8)
+  size = config.data.image_size
+  x, t = jnp.zeros((1, size, size, 3)), jnp.zeros((1,), jnp.int32)
+  count = lambda m, *a: sum(int(np.prod(v.shape)) for v in jax.tree.leaves(
+      jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), x, t, *a))))
+  assert abs(count(experiment.create_model(config), t) - unet) < 0.05e6
+  assert abs(count(experiment.create_classifier(config)) - classifier) < 0.01e6
 
 
 def _error(config, num_devices=8) -> str:

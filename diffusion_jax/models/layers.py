@@ -252,3 +252,34 @@ class AttnBlock(nn.Module):
     if self.skip_rescale:
       out = out * (1.0 / math.sqrt(2.0))
     return out
+
+
+class AttentionPool(nn.Module):
+  """Attention pooling of [B, H, W, C] to [B, out_features] (CLIP's head, used by ADM's classifier).
+
+  The tokens are the H*W positions plus their mean, each with a learned position embedding; the
+  mean token alone queries all tokens (multi-head attention over contiguous channel slices), and
+  its attended value, projected to `out_features`, is the output.
+  """
+  out_features: int
+  num_heads: int = 1
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    b, hgt, wid, c = x.shape
+    if c % self.num_heads:
+      raise ValueError(f"attention pooling over {c} channels cannot be split into "
+                       f"num_heads={self.num_heads} heads; choose num_head_channels dividing {c}.")
+    d = c // self.num_heads
+    tokens = x.reshape(b, hgt * wid, c)
+    tokens = jnp.concatenate([tokens.mean(axis=1, keepdims=True), tokens], axis=1)
+    pos = self.param("pos_emb", nn.initializers.normal(c ** -0.5), (hgt * wid + 1, c), jnp.float32)
+    tokens = (tokens + pos[None]).astype(self.dtype)
+    q = dense(c, dtype=self.dtype, name="q")(tokens[:, :1]).reshape(b, 1, self.num_heads, d)
+    k = dense(c, dtype=self.dtype, name="k")(tokens).reshape(b, -1, self.num_heads, d)
+    v = dense(c, dtype=self.dtype, name="v")(tokens).reshape(b, -1, self.num_heads, d)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(logits * (d ** -0.5), axis=-1).astype(self.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, c)
+    return dense(self.out_features, dtype=self.dtype, name="proj_out")(out)

@@ -76,31 +76,12 @@ class UNet(nn.Module):
   downsample_padding: int = 0
 
   def __post_init__(self):
-    # Configs may hand over lists (hashable tuples keep the module usable as a jit static arg).
-    object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
-    object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
+    freeze_sequences(self)
     super().__post_init__()
 
-  def _heads(self, channels: int) -> int:
-    if self.num_head_channels is None or self.num_head_channels == -1:
-      return self.num_heads
-    if channels % self.num_head_channels:
-      raise ValueError(
-          f"num_head_channels={self.num_head_channels} does not divide the attention width "
-          f"{channels}; choose a divisor of every ch * ch_mult at attn_resolutions.")
-    return channels // self.num_head_channels
-
   def _check_inputs(self, x: Array, t: Array, y: Optional[Array]) -> None:
-    if x.ndim != 4:
-      raise ValueError(f"x must be [B, H, W, C] (NHWC), got shape {x.shape}.")
-    b, hgt, wid, _ = x.shape
-    factor = 2 ** (len(self.ch_mult) - 1)
-    if hgt % factor or wid % factor:
-      raise ValueError(
-          f"image size {hgt}x{wid} is not divisible by 2**(len(ch_mult)-1) = {factor} "
-          f"(ch_mult={self.ch_mult}); pad/resize the images or use a shorter ch_mult.")
-    if t.shape != (b,):
-      raise ValueError(f"t must be an array of shape [B] = ({b},) (int steps or float times), got shape {t.shape}.")
+    check_inputs(self, x, t)
+    b = x.shape[0]
     if self.num_classes:
       if y is None:
         raise ValueError(f"num_classes={self.num_classes}: the model is class-conditional, "
@@ -110,9 +91,6 @@ class UNet(nn.Module):
     elif y is not None:
       raise ValueError("labels y were given but num_classes is None/0; set num_classes to "
                        "build a class-conditional model or pass y=None.")
-    if self.temb_convention not in layers.TIMESTEP_CONVENTIONS:
-      raise ValueError(f"temb_convention={self.temb_convention!r}; use one of "
-                       f"{layers.TIMESTEP_CONVENTIONS}.")
 
   @nn.compact
   def __call__(self, x: Array, t: Array, y: Optional[Array] = None,
@@ -134,60 +112,22 @@ class UNet(nn.Module):
     self._check_inputs(x, t, y)
     dtype = jnp.dtype(self.dtype)
     out_ch = self.out_ch or x.shape[-1]
-    num_levels = len(self.ch_mult)
-    temb_ch = 4 * self.ch
-
-    def resblock(out: int, name: str, **kw) -> layers.ResBlock:
-      return layers.ResBlock(
-          out, dropout=self.dropout, use_scale_shift_norm=self.use_scale_shift_norm,
-          skip_rescale=self.skip_rescale, norm_groups=self.norm_groups, norm_eps=self.norm_eps,
-          dtype=dtype, name=name, **kw)
-
-    def attn(h: Array, name: str) -> Array:
-      return layers.AttnBlock(
-          self._heads(h.shape[-1]), skip_rescale=self.skip_rescale,
-          norm_groups=self.norm_groups, norm_eps=self.norm_eps, dtype=dtype, name=name)(h)
-
-    # Timestep (+ class) embedding: sinusoid(ch) -> Dense(4ch) -> swish -> Dense(4ch).
-    temb = layers.timestep_embedding(t, self.ch, convention=self.temb_convention)
-    temb = layers.dense(temb_ch, dtype=dtype, name="temb_dense0")(temb)
-    temb = layers.dense(temb_ch, dtype=dtype, name="temb_dense1")(nn.swish(temb))
+    temb = time_embedding(self, t)
     if self.num_classes:
-      temb = temb + nn.Embed(self.num_classes, temb_ch, param_dtype=jnp.float32,
+      temb = temb + nn.Embed(self.num_classes, temb.shape[-1], param_dtype=jnp.float32,
                              dtype=dtype, name="label_emb")(y)
-
-    # Downsampling path; every intermediate activation is kept for the skip connections.
-    h = layers.conv(self.ch, dtype=dtype, name="conv_in")(x.astype(dtype))
-    hs = [h]
-    for i, mult in enumerate(self.ch_mult):
-      for j in range(self.num_res_blocks):
-        h = resblock(self.ch * mult, f"down_{i}_block_{j}")(h, temb, train)
-        if h.shape[1] in self.attn_resolutions:
-          h = attn(h, f"down_{i}_attn_{j}")
-        hs.append(h)
-      if i != num_levels - 1:
-        if self.resblock_updown:
-          h = resblock(h.shape[-1], f"down_{i}_downsample", down=True)(h, temb, train)
-        else:
-          h = layers.Downsample(self.resamp_with_conv, self.downsample_padding, dtype=dtype,
-                                name=f"down_{i}_downsample")(h)
-        hs.append(h)
-
-    # Middle: res - attn - res.
-    h = resblock(h.shape[-1], "mid_block_0")(h, temb, train)
-    h = attn(h, "mid_attn")
-    h = resblock(h.shape[-1], "mid_block_1")(h, temb, train)
+    h, hs = encoder(self, x, temb, train)
 
     # Upsampling path: num_res_blocks + 1 blocks per level, each eats one skip ([h, skip] order).
-    for i in reversed(range(num_levels)):
+    for i in reversed(range(len(self.ch_mult))):
       for j in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, hs.pop()], axis=-1)
-        h = resblock(self.ch * self.ch_mult[i], f"up_{i}_block_{j}")(h, temb, train)
+        h = _resblock(self, self.ch * self.ch_mult[i], f"up_{i}_block_{j}")(h, temb, train)
         if h.shape[1] in self.attn_resolutions:
-          h = attn(h, f"up_{i}_attn_{j}")
+          h = _attention(self, h, f"up_{i}_attn_{j}")
       if i != 0:
         if self.resblock_updown:
-          h = resblock(h.shape[-1], f"up_{i}_upsample", up=True)(h, temb, train)
+          h = _resblock(self, h.shape[-1], f"up_{i}_upsample", up=True)(h, temb, train)
         else:
           h = layers.Upsample(self.resamp_with_conv, dtype=dtype, name=f"up_{i}_upsample")(h)
     assert not hs, "skip connections left over"
@@ -195,3 +135,94 @@ class UNet(nn.Module):
     h = nn.swish(layers.GroupNorm(self.norm_groups, self.norm_eps, dtype, name="norm_out")(h))
     h = layers.conv(out_ch, init_scale=0.0, dtype=dtype, name="conv_out")(h)
     return h.astype(jnp.float32)
+
+
+# The trunk shared with the noisy classifier (`models.classifier`), which is ADM's encoder half of
+# this network: `m` is a UNet or a NoisyClassifier (any module with the architecture fields above);
+# called inside its compact `__call__`, the layers become its submodules under these names.
+
+
+def freeze_sequences(m: nn.Module) -> None:
+  """ch_mult and attn_resolutions as int tuples: configs may hand over lists, and hashable
+  fields keep the module usable as a jit static argument (call from __post_init__)."""
+  object.__setattr__(m, "ch_mult", tuple(int(v) for v in m.ch_mult))
+  object.__setattr__(m, "attn_resolutions", tuple(int(r) for r in m.attn_resolutions))
+
+
+def check_inputs(m: nn.Module, x: Array, t: Array) -> None:
+  """Errors for images the trunk cannot take: not NHWC, a size it cannot halve, t not [B]."""
+  if x.ndim != 4:
+    raise ValueError(f"x must be [B, H, W, C] (NHWC), got shape {x.shape}.")
+  b, hgt, wid, _ = x.shape
+  factor = 2 ** (len(m.ch_mult) - 1)
+  if hgt % factor or wid % factor:
+    raise ValueError(
+        f"image size {hgt}x{wid} is not divisible by 2**(len(ch_mult)-1) = {factor} "
+        f"(ch_mult={m.ch_mult}); pad/resize the images or use a shorter ch_mult.")
+  if t.shape != (b,):
+    raise ValueError(f"t must be an array of shape [B] = ({b},) (int steps or float times), "
+                     f"got shape {t.shape}.")
+  if m.temb_convention not in layers.TIMESTEP_CONVENTIONS:
+    raise ValueError(f"temb_convention={m.temb_convention!r}; use one of "
+                     f"{layers.TIMESTEP_CONVENTIONS}.")
+
+
+def attention_heads(m: nn.Module, channels: int) -> int:
+  """Heads of an attention layer over `channels`: channels / num_head_channels, else num_heads."""
+  if m.num_head_channels is None or m.num_head_channels == -1:
+    return m.num_heads
+  if channels % m.num_head_channels:
+    raise ValueError(
+        f"num_head_channels={m.num_head_channels} does not divide the attention width "
+        f"{channels}; choose a divisor of every ch * ch_mult at attn_resolutions.")
+  return channels // m.num_head_channels
+
+
+def _resblock(m: nn.Module, out: int, name: str, **kw) -> layers.ResBlock:
+  return layers.ResBlock(
+      out, dropout=m.dropout, use_scale_shift_norm=m.use_scale_shift_norm,
+      skip_rescale=m.skip_rescale, norm_groups=m.norm_groups, norm_eps=m.norm_eps,
+      dtype=jnp.dtype(m.dtype), name=name, **kw)
+
+
+def _attention(m: nn.Module, h: Array, name: str) -> Array:
+  return layers.AttnBlock(
+      attention_heads(m, h.shape[-1]), skip_rescale=m.skip_rescale, norm_groups=m.norm_groups,
+      norm_eps=m.norm_eps, dtype=jnp.dtype(m.dtype), name=name)(h)
+
+
+def time_embedding(m: nn.Module, t: Array) -> Array:
+  """temb [B, 4 ch] = Dense(swish(Dense(sinusoid(t, ch)))) (DDPM; ADM's `time_embed`)."""
+  dtype = jnp.dtype(m.dtype)
+  temb = layers.timestep_embedding(t, m.ch, convention=m.temb_convention)
+  temb = layers.dense(4 * m.ch, dtype=dtype, name="temb_dense0")(temb)
+  return layers.dense(4 * m.ch, dtype=dtype, name="temb_dense1")(nn.swish(temb))
+
+
+def encoder(m: nn.Module, x: Array, temb: Array, train: bool) -> tuple[Array, list[Array]]:
+  """conv_in, the downsampling path and the middle (res - attn - res).
+
+  Returns:
+    (h after the middle block [B, H / 2^(L-1), W / 2^(L-1), ch * ch_mult[-1]], the activations
+    the up path takes as skip connections, in order).
+  """
+  dtype = jnp.dtype(m.dtype)
+  h = layers.conv(m.ch, dtype=dtype, name="conv_in")(x.astype(dtype))
+  hs = [h]
+  for i, mult in enumerate(m.ch_mult):
+    for j in range(m.num_res_blocks):
+      h = _resblock(m, m.ch * mult, f"down_{i}_block_{j}")(h, temb, train)
+      if h.shape[1] in m.attn_resolutions:
+        h = _attention(m, h, f"down_{i}_attn_{j}")
+      hs.append(h)
+    if i != len(m.ch_mult) - 1:
+      if m.resblock_updown:
+        h = _resblock(m, h.shape[-1], f"down_{i}_downsample", down=True)(h, temb, train)
+      else:
+        h = layers.Downsample(m.resamp_with_conv, m.downsample_padding, dtype=dtype,
+                              name=f"down_{i}_downsample")(h)
+      hs.append(h)
+  h = _resblock(m, h.shape[-1], "mid_block_0")(h, temb, train)
+  h = _attention(m, h, "mid_attn")
+  h = _resblock(m, h.shape[-1], "mid_block_1")(h, temb, train)
+  return h, hs

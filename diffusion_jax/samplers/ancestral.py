@@ -80,14 +80,19 @@ def p_sample_loop(model_fn: ModelFn, schedule: DiffusionSchedule, shape: Sequenc
   return (x_0, trajectory) if return_trajectory else x_0
 
 
-def _run(model_fn: ModelFn, schedule: DiffusionSchedule, shape: Sequence[int], key: jax.Array, *,
-         num_steps: int | None, **common):
-  """The registered sampler: the full chain, or the respaced one on `num_steps` evenly spaced
-  steps (Improved DDPM Sec. 4; the model still sees the original timesteps)."""
+def walked_schedule(schedule: DiffusionSchedule, num_steps: int | None) -> DiffusionSchedule:
+  """The chain the registered sampler walks: the full one, or the respaced one on `num_steps`
+  evenly spaced steps (Improved DDPM Sec. 4; the model still sees the original timesteps)."""
   if num_steps is not None and num_steps != schedule.num_timesteps:
     kept = schedules.space_timesteps(schedule.num_timesteps, [num_steps])
     schedule, _ = schedules.respace(schedule, kept)
-  return p_sample_loop(model_fn, schedule, shape, key, **common)
+  return schedule
+
+
+def _run(model_fn: ModelFn, schedule: DiffusionSchedule, shape: Sequence[int], key: jax.Array, *,
+         num_steps: int | None, **common):
+  """The registered sampler: `p_sample_loop` on `walked_schedule(schedule, num_steps)`."""
+  return p_sample_loop(model_fn, walked_schedule(schedule, num_steps), shape, key, **common)
 
 
 registry.register(registry.Sampler(

@@ -257,8 +257,12 @@ def alphas_cumprod_at(schedule: DiffusionSchedule, t: jnp.ndarray) -> jnp.ndarra
   """abar at (possibly fractional) steps t of `schedule`, jnp: log abar interpolated linearly.
 
   The same continuous-time process the solvers assume, for building exact denoisers that
-  accept float timesteps (e.g. a Gaussian-mixture oracle); integer t gives the table values.
+  accept float timesteps (e.g. a Gaussian-mixture oracle); integer t gives the table values
+  exactly (indexed, not interpolated).
   """
+  t = jnp.asarray(t)
+  if jnp.issubdtype(t.dtype, jnp.integer):
+    return schedule.alphas_cumprod[t]
   log_abar = jnp.log(schedule.alphas_cumprod)
   return jnp.exp(jnp.interp(jnp.asarray(t, jnp.float32), jnp.arange(log_abar.shape[0], dtype=jnp.float32),
                             log_abar))
