@@ -5,8 +5,13 @@
   python main.py --config=configs/digits.py --workdir=/tmp/digits --mode=eval     # bits/dim + quality
 
 Rerunning a train command on the same workdir resumes from its latest checkpoint. Any config
-field can be overridden, e.g. --config.training.batch_size=64.
+field can be overridden, e.g. --config.training.batch_size=64. A bad config, data set or
+checkpoint stops with a short message naming the field and the fix (exit status 2); --debug
+shows the traceback too.
 """
+
+import os
+import sys
 
 from absl import app
 from absl import flags
@@ -17,12 +22,15 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (e.g. configs/cifar10.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory of the run: checkpoints, logs, samples.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
-                  "train: train or resume; sample: write samples of a checkpoint; "
-                  "eval: test-set bits/dim and sample quality (digits FD, or FID/IS/P&R with "
-                  "eval.inception_weights) of a checkpoint.")
+flags.DEFINE_string("mode", "train", "What to do: train (or resume), sample, eval, ... "
+                    "(`python -m diffusion_jax.modes` lists every mode).")
 flags.DEFINE_bool("jax_distributed", False,
-                  "Call jax.distributed.initialize() first (multi-host training).")
+                  "Call jax.distributed.initialize() first (multi-host training). On TPU pods and "
+                  "SLURM clusters it finds its peers itself; elsewhere give the three flags below.")
+flags.DEFINE_string("coordinator_address", None, "With --jax_distributed: host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "With --jax_distributed: the number of processes.")
+flags.DEFINE_integer("process_id", None, "With --jax_distributed: this process' index.")
+flags.DEFINE_bool("debug", False, "Show the Python traceback of user errors too.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -31,27 +39,37 @@ def _quiet_orbax(record) -> bool:
   return record.levelno >= 30 or "/orbax/" not in record.pathname  # 30 = WARNING
 
 
+def run(config, workdir: str, mode: str):
+  """Runs `mode` on the workdir; the library entry point behind the flags."""
+  from diffusion_jax import errors, modes  # pylint: disable=g-import-not-at-top
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise errors.ConfigError(f"--workdir={workdir!r} is a file; give a directory (it is created "
+                             "if missing).")
+  return modes.get(mode).run(config, workdir)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_quiet_orbax)
-  # TensorFlow only feeds data: hide accelerators from it so it cannot take their memory.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
-  tf.config.set_visible_devices([], "TPU")
+  from diffusion_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  input_pipeline.hide_accelerators_from_tf()
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.jax_distributed:
-    jax.distributed.initialize()
-  from diffusion_jax import train  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU only; GPUs use NCCL
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  from diffusion_jax import errors  # pylint: disable=g-import-not-at-top
 
   logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
-  if FLAGS.mode == "train":
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  elif FLAGS.mode == "sample":
-    train.sample(FLAGS.config, FLAGS.workdir)
-  else:
-    train.evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+  except errors.USER_ERRORS as e:
+    if FLAGS.debug:
+      raise
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -234,32 +234,12 @@ def analytic_bpd(step_counts, batch, mc_samples, seed=0):
 # ------------------------------------------------------------------------------------------------
 # Speed.
 
-SPEED_MODELS = {
-    "digits": dict(size=8, channels=1, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn=(4,), groups=8),
-    "cifar10": dict(size=32, channels=3, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn=(16,),
-                    groups=32),
-}
-
-
-def _torch_unet(cfg):
-  import diffusers
-  attn = [cfg["size"] // 2 ** i in cfg["attn"] for i in range(len(cfg["ch_mult"]))]
-  return diffusers.UNet2DModel(
-      sample_size=cfg["size"], in_channels=cfg["channels"], out_channels=cfg["channels"],
-      block_out_channels=tuple(cfg["ch"] * m for m in cfg["ch_mult"]),
-      down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
-      up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-      layers_per_block=cfg["num_res_blocks"], attention_head_dim=None, norm_eps=1e-6,
-      norm_num_groups=cfg["groups"], flip_sin_to_cos=False, freq_shift=1, downsample_padding=0,
-      dropout=0.0).eval()
-
-
 def speed(models, batches, steps, reps, torch_threads):
   import diffusers
   import torch
   diffusers.utils.logging.set_verbosity_error()
   from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler
-  from diffusion_jax.models import UNet, convert
+  from bench import peers
   schedule = schedules.DiffusionSchedule.from_betas(schedules.get_beta_schedule("linear", T))
   print("\nSampling speed, samples/s (CPU, randomly initialised U-Nets of the config layouts; "
         "ours: jit, compile excluded; theirs: diffusers scheduler + UNet2DModel, torch.no_grad, "
@@ -267,14 +247,12 @@ def speed(models, batches, steps, reps, torch_threads):
   print("| model | batch | NFE | sampler | ours | diffusers | ours / diffusers |")
   print("|---|---|---|---|---|---|---|")
   for name in models:
-    cfg, batch, nfe = SPEED_MODELS[name], batches[name], steps[name]
-    torch.manual_seed(0)
-    tmodel = _torch_unet(cfg)
-    params = jax.device_put(convert.from_diffusers(tmodel.state_dict()))
-    net = UNet(ch=cfg["ch"], ch_mult=cfg["ch_mult"], num_res_blocks=cfg["num_res_blocks"],
-               attn_resolutions=cfg["attn"], dropout=0.0, norm_groups=cfg["groups"])
+    cfg, batch, nfe = peers.config(name), batches[name], steps[name]
+    tmodel = peers.diffusers_unet(cfg, dropout=0.0).eval()
+    net, params = peers.ours_from(tmodel, cfg, dropout=0.0)
     model_fn = lambda x, t: net.apply({"params": params}, x, t)
-    shape = (batch, cfg["size"], cfg["size"], cfg["channels"])
+    size = cfg.data.image_size
+    shape = (batch, size, size, cfg.data.num_channels)
     x_T = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     cases = [
         ("DDIM (eta=0)", lambda: ddim.ddim_sample_loop(model_fn, schedule, shape, jax.random.PRNGKey(0),

@@ -5,7 +5,7 @@
 
 Ours: `train.make_train_step` (U-Net forward/backward, L_simple, pmean, global-norm clipping,
 Adam with warmup, EMA) pmapped over one CPU device. Peer: diffusers' `UNet2DModel` with the same
-layout (the mapping of bench/unet.py), the same loss on q_sample'd inputs, clip_grad_norm_,
+layout (`bench.peers`), the same loss on q_sample'd inputs, clip_grad_norm_,
 torch.optim.Adam and an EMA update. Both see one fixed in-memory batch (no input pipeline) and
 use the machine's cores (torch: --torch_threads).
 
@@ -29,11 +29,6 @@ import time
 BATCH = {"digits": 64, "cifar10": 8}
 
 
-def _config(name: str):
-  import importlib
-  return importlib.import_module(f"configs.{name}").get_config()
-
-
 def _timed_windows(step, steps: int, windows: int, sync) -> tuple[float, float]:
   """Best (wall seconds, process CPU seconds) per step over `windows` windows."""
   best = (float("inf"), float("inf"))
@@ -51,18 +46,19 @@ def _timed_windows(step, steps: int, windows: int, sync) -> tuple[float, float]:
 def run_jax(name: str, batch: int, steps: int, windows: int) -> dict:
   import jax
   import numpy as np
-  from diffusion_jax import train, train_state
+  from bench import peers
+  from diffusion_jax import experiment, parallel, train, train_state
 
-  config = _config(name)
+  config = peers.config(name)
   config.training.batch_size = batch
-  model, schedule = train.create_model(config), train.create_schedule(config)
+  model, diffusion_ = experiment.create_model(config), experiment.create_diffusion(config)
   tx = train_state.make_optimizer(config)
-  mesh = train.make_mesh(jax.local_devices()[:1])
-  state = train.replicate(jax.device_get(train.init_train_state(config, model, tx)), mesh)
-  p_step = train.pmap_train_step(train.make_train_step(config, model, schedule, tx), mesh)
+  mesh = parallel.make_mesh(jax.local_devices()[:1])
+  state = parallel.replicate(jax.device_get(experiment.init_train_state(config, model, tx)), mesh)
+  p_step = train.pmap_train_step(train.make_train_step(config, model, diffusion_, tx), mesh)
   size, ch = config.data.image_size, config.data.num_channels
   rng = np.random.default_rng(0)
-  batch_data = train.shard({
+  batch_data = parallel.shard({
       "image": rng.uniform(-1, 1, (1, batch, size, size, ch)).astype(np.float32),
       "label": np.zeros((1, batch), np.int32)}, mesh)
   holder = {"state": state, "metrics": None}
@@ -85,22 +81,13 @@ def run_jax(name: str, batch: int, steps: int, windows: int) -> dict:
 def run_torch(name: str, batch: int, steps: int, windows: int, threads: int) -> dict:
   import numpy as np
   import torch
-  import diffusers
+  from bench import peers
   from diffusion_jax import schedules
 
   torch.set_num_threads(threads)
-  torch.manual_seed(0)
-  config = _config(name)
-  m, size, ch = config.model, config.data.image_size, config.data.num_channels
-  attn = [size // 2**i in m.attn_resolutions for i in range(len(m.ch_mult))]
-  model = diffusers.UNet2DModel(
-      sample_size=size, in_channels=ch, out_channels=ch,
-      block_out_channels=tuple(m.ch * k for k in m.ch_mult),
-      down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
-      up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-      layers_per_block=m.num_res_blocks, attention_head_dim=None, norm_eps=m.norm_eps,
-      norm_num_groups=m.norm_groups, flip_sin_to_cos=False, freq_shift=1,
-      downsample_padding=0, dropout=m.dropout)
+  config = peers.config(name)
+  size, ch = config.data.image_size, config.data.num_channels
+  model = peers.diffusers_unet(config)
   model.train()
   params = list(model.parameters())
   ema = [p.detach().clone() for p in params]

@@ -1,10 +1,11 @@
 """U-Net speed: our Flax UNet (jit) against diffusers' UNet2DModel (PyTorch), same run, same weights.
 
-  python -m bench.unet                       # CIFAR-10 (35.7M) and a small config, batch 8
-  python -m bench.unet --configs=small --batch=16 --reps=10
+  python -m bench.unet                       # configs/cifar10.py (35.7M) and configs/digits.py
+  python -m bench.unet --configs=digits --batch=128 --reps=10
   python -m bench.unet --dtypes=float32,bfloat16   # also time our bf16 compute
 
-For each config the diffusers model is built with the same layout, its random weights are
+For each config (a file of configs/, `bench.peers`) the diffusers model is built with the same
+layout, its random weights are
 converted into our parameters (so both networks compute the same function; the max output
 difference is printed), and each measurement alternates ours / theirs so that load from other
 processes hits both alike. Reported: median wall time per call in ms and ratio = ours / torch
@@ -13,26 +14,7 @@ machine torch's OpenMP threads slow down badly when other processes hold the cor
 gradient computation (train mode with the config's dropout, MSE loss against a fixed target,
 gradients w.r.t. all parameters; no optimizer update on either side).
 
-Measured 2026-11-25 on the 2-core CPU box, `python -m bench.unet --reps=5`, in a quiet moment
-(load average < 1; torch was fastest with 2 threads):
-
-| config | batch | mode | ours ms | torch ms (1 / 2 thr) | ours / best torch |
-|---|---|---|---|---|---|
-| cifar10 35.7M | 8 | fwd | 632 | 993 / 533 | 1.19 |
-| cifar10 35.7M | 8 | fwd+bwd | 2048 | 3193 / 1692 | 1.21 |
-| small 4.4M | 8 | fwd | 156 | 198 / 107 | 1.46 |
-| small 4.4M | 8 | fwd+bwd | 514 | 620 / 342 | 1.50 |
-
-So on an idle CPU we are 1.2x (CIFAR-10) to 1.5x (small) slower than PyTorch, not at parity.
-Measured separately at the CIFAR widths, our 3x3 conv forward, its conv forward+backward and
-GroupNorm+swish forward+backward are each as fast as or faster than torch's, and
-`--xla_cpu_use_onednn=true` changed nothing (1.10 / 1.25 / 1.48 / 1.47); the gap grows as the
-tensors shrink, which points at fixed per-op cost in the XLA CPU runtime (~1100 fusions in the
-small model's gradient) rather than at the math. Under load from other processes the picture
-flips: torch's 2-thread OpenMP run slows down 5-10x and we are 4-8x faster than it; against
-torch with 1 thread we are then 0.8-1.7x (small config, 3 runs), and at batch 32 (load ~10,
-`--configs=small --batch=32 --reps=3`) 1.05x (fwd) and 1.22x (fwd+bwd): the larger the batch, the
-closer to parity.
+Results and their discussion: README.md ("U-Net vs diffusers").
 """
 
 from __future__ import annotations
@@ -46,27 +28,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-CONFIGS = {
-    # DDPM CIFAR-10 (35.7M parameters).
-    "cifar10": dict(size=32, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn=(16,),
-                    dropout=0.1),
-    # A small config of the same family (attention at 16x16, 3 levels, 1 block per level).
-    "small": dict(size=32, ch=64, ch_mult=(1, 2, 2), num_res_blocks=1, attn=(16,), dropout=0.1),
-}
-
-
-def _diffusers_model(cfg):
-  import diffusers
-  attn = [cfg["size"] // 2 ** i in cfg["attn"] for i in range(len(cfg["ch_mult"]))]
-  return diffusers.UNet2DModel(
-      sample_size=cfg["size"], in_channels=3, out_channels=3,
-      block_out_channels=tuple(cfg["ch"] * m for m in cfg["ch_mult"]),
-      down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
-      up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-      layers_per_block=cfg["num_res_blocks"], attention_head_dim=None, norm_eps=1e-6,
-      flip_sin_to_cos=False, freq_shift=1, downsample_padding=0, dropout=cfg["dropout"])
-
-
 def _time(fn, reps):
   out = []
   for _ in range(reps):
@@ -76,17 +37,17 @@ def _time(fn, reps):
   return out
 
 
-def bench_config(name, cfg, *, batch, reps, dtypes, torch_threads):
+def bench_config(name, *, batch, reps, dtypes, torch_threads):
   import torch
-  from diffusion_jax.models import UNet, convert
+  from bench import peers
 
-  torch.manual_seed(0)
-  tmodel = _diffusers_model(cfg)
-  params = jax.device_put(convert.from_diffusers(tmodel.state_dict()))
+  cfg = peers.config(name)
+  tmodel = peers.diffusers_unet(cfg)
   nparams = sum(p.numel() for p in tmodel.parameters())
+  size, channels = cfg.data.image_size, cfg.data.num_channels
 
   rng = np.random.RandomState(0)
-  x = rng.randn(batch, 3, cfg["size"], cfg["size"]).astype(np.float32)
+  x = rng.randn(batch, channels, size, size).astype(np.float32)
   target = rng.randn(*x.shape).astype(np.float32)
   t = rng.randint(0, 1000, batch)
   xt, tt, target_t = torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(target)
@@ -107,8 +68,7 @@ def bench_config(name, cfg, *, batch, reps, dtypes, torch_threads):
 
   rows = []
   for dtype in dtypes:
-    model = UNet(ch=cfg["ch"], ch_mult=cfg["ch_mult"], num_res_blocks=cfg["num_res_blocks"],
-                 attn_resolutions=cfg["attn"], dropout=cfg["dropout"], dtype=dtype)
+    model, params = peers.ours_from(tmodel, cfg, dtype=dtype)
     fwd = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t))
 
     def loss_fn(p, x, t, key):
@@ -147,7 +107,7 @@ def bench_config(name, cfg, *, batch, reps, dtypes, torch_threads):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--configs", default="cifar10,small")
+  parser.add_argument("--configs", default="cifar10,digits", help="files of configs/")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--reps", type=int, default=5)
   parser.add_argument("--dtypes", default="float32")
@@ -165,7 +125,7 @@ def main():
   print("| " + " | ".join(head) + " |")
   print("|" + "---|" * len(head), flush=True)
   for name in args.configs.split(","):
-    rows = bench_config(name, CONFIGS[name], batch=args.batch, reps=args.reps,
+    rows = bench_config(name, batch=args.batch, reps=args.reps,
                         dtypes=args.dtypes.split(","),
                         torch_threads=[int(n) for n in args.torch_threads.split(",")])
     for r in rows:

@@ -9,6 +9,8 @@ The defaults are DDPM's CIFAR-10 setup (Ho et al. 2020, Appendix B).
 
 from ml_collections import config_dict
 
+from diffusion_jax import samplers
+
 
 def get_config() -> config_dict.ConfigDict:
   """Returns the default configuration."""
@@ -22,6 +24,7 @@ def get_config() -> config_dict.ConfigDict:
   data.num_channels = 3  # Image channels C (3 RGB, 1 grey).
   data.random_flip = True  # Random horizontal flips during training.
   data.data_dir = config_dict.placeholder(str)  # TFDS data_dir; None = TFDS's default.
+  data.download = True  # Download and prepare a TFDS data set on first use (False: offline).
   data.train_split = "train"  # TFDS split used for training.
   data.eval_split = "test"  # TFDS split used by --mode=eval.
 
@@ -77,23 +80,19 @@ def get_config() -> config_dict.ConfigDict:
 
   # --- Sampling: the periodic grids and --mode=sample (diffusion_jax.samplers.sample). -------
   config.sampling = sampling = config_dict.ConfigDict()
-  sampling.sampler = "ancestral"  # Sampler name (diffusion_jax.samplers.SAMPLERS).
+  sampling.sampler = "ancestral"  # Sampler name: `python -m diffusion_jax.samplers` lists all.
   sampling.num_steps = config_dict.placeholder(int)  # Model evaluations; None = all T steps.
-  sampling.eta = 0.0  # DDIM stochasticity (DDIM-family samplers only).
   sampling.clip_denoised = True  # Clip the predicted x_0 to [-1, 1] at every step.
   sampling.num_samples = 64  # --mode=sample: images written to samples/<step>/samples.npz.
   sampling.batch_size = 64  # GLOBAL images per sampling call (divisible by the device count).
   sampling.checkpoint_step = config_dict.placeholder(int)  # Checkpoint to use; None = latest.
-  sampling.spacing = "uniform"  # ddim / analytic_*: step grid, uniform | quadratic | karras (rho 7).
-  sampling.solver_order = 2  # DPM-Solver(++) order: 1, 2 or 3.
-  sampling.solver_method = "multistep"  # DPM-Solver(++): multistep | singlestep.
-  sampling.time_grid = "logSNR"  # DPM-Solver(++) grid: logSNR | time_uniform | time_quadratic | karras.
-  sampling.final_step = "zero"  # DPM-Solver(++) last step: zero (x0 jump to sigma 0) | sigma_min.
-  sampling.lower_order_final = True  # DPM-Solver(++): lower orders on the last steps when NFE < 15.
-  sampling.thresholding = False  # DPM-Solver++: dynamic thresholding of x0 (Imagen, ratio 0.995).
-  sampling.integer_timesteps = False  # DPM-Solver(++): round grid points to integer t.
-  sampling.analytic_clip_last_steps = 1  # analytic_*: clip sigma of this many final noisy steps.
-  sampling.analytic_num_samples = 1024  # analytic_*: training images for the E||eps||^2 estimate.
+  # One section per sampler family, declared with the sampler in diffusion_jax/samplers/ (its
+  # options, defaults, meaning and allowed values; `python -m diffusion_jax.samplers` prints
+  # them): sampling.ddim (eta, spacing), sampling.dpm_solver (order, method, time_grid,
+  # final_step, lower_order_final, integer_timesteps, thresholding, thresholding_ratio,
+  # thresholding_max_value), sampling.analytic (spacing, clip_last_steps, num_samples). Only
+  # the section of the selected sampler is read, e.g. --config.sampling.ddim.eta=1.0.
+  sampling.update(samplers.registry.config_sections())
 
   # --- Evaluation: --mode=eval and the end of training. --------------------------------------
   config.eval = eval_config = config_dict.ConfigDict()

@@ -6,6 +6,9 @@
   restore or whose digest does not match is reported, moved to `workdir/corrupted_checkpoints/`
   and the previous one is used: a damaged checkpoint is never silently trained over.
 - Only the last `keep` checkpoints are kept.
+- Inference (`restore_ema_params`) is read-only: it opens the directory without creating,
+  cleaning or moving anything, reads only the EMA parameters and the step, and skips an
+  unreadable checkpoint with a message, leaving it where it is for the trainer to deal with.
 
 The state is handled on the host: `save` takes (and `restore_*` return) an unreplicated
 pytree of numpy arrays.
@@ -22,16 +25,18 @@ from typing import Any, Optional
 from absl import logging
 import flax.serialization
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
+
+from diffusion_jax import errors
 
 PyTree = Any
 CHECKPOINT_DIR = "checkpoints"
 CORRUPTED_DIR = "corrupted_checkpoints"
 
 
-class CheckpointError(RuntimeError):
-  """A requested checkpoint is missing or cannot be restored."""
+CheckpointError = errors.CheckpointError
 
 
 def create_manager(workdir: str, keep: int = 3, *, cleanup_tmp_directories: bool = True
@@ -66,7 +71,8 @@ def save(manager: ocp.CheckpointManager, step: int, state: PyTree) -> None:
     state: unreplicated pytree of numpy arrays (e.g. a TrainState after `jax.device_get`).
   """
   state_dict = jax.tree.map(np.asarray, flax.serialization.to_state_dict(state))
-  meta = {"step": int(step), "sha256": state_digest(state_dict), "time": time.time()}
+  meta = {"step": int(step), "sha256": state_digest(state_dict),
+          "sha256_ema_params": state_digest(state_dict["ema_params"]), "time": time.time()}
   manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state_dict),
                                                   meta=ocp.args.JsonSave(meta)), force=True)
 
@@ -129,7 +135,11 @@ def restore_latest(manager: ocp.CheckpointManager, template: PyTree
     try:
       return restore_step(manager, template, step), step
     except CheckpointError as e:
-      dst = _move_aside(manager, step)
+      # Every process fails on the same files; process 0 moves them, the others wait for it.
+      dst = _move_aside(manager, step) if jax.process_index() == 0 else "corrupted_checkpoints/ (by process 0)"
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"diffusion_jax: moved checkpoint {step}")
+        manager.reload()
       failed.append(dst)
       logging.error("%s Moved it to %s; falling back to the previous checkpoint.", e, dst)
   if failed:
@@ -137,3 +147,96 @@ def restore_latest(manager: ocp.CheckpointManager, template: PyTree
         f"None of the checkpoints in {manager.directory} could be restored (moved to "
         f"{', '.join(failed)}). Use a new workdir to train from scratch.")
   return None, None
+
+
+def _read_only_manager(directory: str) -> ocp.CheckpointManager:
+  """A manager that never creates, cleans, deletes or writes anything under `directory`."""
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+  return ocp.CheckpointManager(directory, options=options, item_handlers={
+      "state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+
+
+def _restore_ema_step(manager: ocp.CheckpointManager, step: int) -> PyTree:
+  """Reads only `ema_params` of checkpoint `step` and checks them against their digest."""
+  try:
+    saved = manager.item_metadata(step).state.tree
+    template = {"ema_params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
+                                           saved["ema_params"])}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), template)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=template, restore_args=restore_args,
+                                     partial_restore=True),
+        meta=ocp.args.JsonRestore()))
+  except Exception as e:  # orbax/tensorstore raise many types for unreadable files.
+    raise CheckpointError(f"Checkpoint {step} in {manager.directory} cannot be read: "
+                          f"{type(e).__name__}: {e}") from e
+  ema_params = restored.state["ema_params"]
+  meta = restored.meta or {}
+  expected = meta.get("sha256_ema_params")
+  if expected is None and "sha256" in meta:  # older checkpoints: one digest of the whole state
+    whole = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore())).state
+    if state_digest(whole) == meta["sha256"]:
+      return ema_params
+  if expected is None or state_digest(ema_params) != expected:
+    raise CheckpointError(f"Checkpoint {step} in {manager.directory} is corrupted: its EMA "
+                          "parameters do not match the digest saved with them.")
+  return ema_params
+
+
+def restore_ema_params(workdir: str, step: Optional[int] = None) -> tuple[PyTree, int]:
+  """Reads the EMA parameters of checkpoint `step` (None = the newest readable one), read-only.
+
+  Nothing under `workdir/checkpoints` is created, moved or deleted, so this is safe beside a
+  live training run. An unreadable newest checkpoint is reported and the previous one used.
+
+  Returns:
+    (ema_params as a nested dict of numpy arrays, the checkpoint's step).
+
+  Raises:
+    CheckpointError: no checkpoint, the requested step is missing or unreadable, or none of
+      the checkpoints can be read.
+  """
+  directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"No checkpoint in {directory}: train first with --mode=train and the "
+                          "same --workdir.")
+  manager = _read_only_manager(directory)
+  try:
+    steps = sorted(manager.all_steps(), reverse=True)
+    if step is not None:
+      if step not in steps:
+        raise CheckpointError(
+            f"No checkpoint for step {step} in {directory}; available steps: {sorted(steps)}. "
+            "Set the checkpoint_step field to one of them, or leave it unset for the latest.")
+      return _restore_ema_step(manager, step), step
+    if not steps:
+      raise CheckpointError(f"No checkpoint in {directory}: train first with --mode=train and "
+                            "the same --workdir.")
+    for candidate in steps:
+      try:
+        return _restore_ema_step(manager, candidate), candidate
+      except CheckpointError as e:
+        logging.warning("%s Skipped it (left untouched); trying the previous checkpoint.", e)
+    raise CheckpointError(f"None of the checkpoints {sorted(steps)} in {directory} can be read.")
+  finally:
+    manager.close()
+
+
+def verify(workdir: str, step: int) -> None:
+  """Reads all of checkpoint `step` (read-only) and checks it against its digest.
+
+  Raises:
+    CheckpointError: when it cannot be read or its contents differ from the digest.
+  """
+  directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  manager = _read_only_manager(directory)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(), meta=ocp.args.JsonRestore()))
+  except Exception as e:  # orbax/tensorstore raise many types for unreadable files.
+    raise CheckpointError(f"Checkpoint {step} in {directory} cannot be read: "
+                          f"{type(e).__name__}: {e}") from e
+  finally:
+    manager.close()
+  if state_digest(restored.state) != (restored.meta or {}).get("sha256"):
+    raise CheckpointError(f"Checkpoint {step} in {directory} does not match its digest.")

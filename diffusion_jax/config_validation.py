@@ -11,11 +11,12 @@ from typing import Any
 
 import ml_collections
 
-from diffusion_jax import diffusion, losses, samplers, schedules, timestep_sampling
+from diffusion_jax import diffusion, errors, losses, schedules, timestep_sampling
+from diffusion_jax.evaluation import scorers
+from diffusion_jax.samplers import registry
 
 
-class ConfigError(ValueError):
-  """A configuration field has a value the trainer cannot use."""
+ConfigError = errors.ConfigError
 
 
 def _fail(field: str, value: Any, fix: str) -> None:
@@ -124,18 +125,32 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
     _check_positive_int(config, f"training.{field}")
   _check_positive_int(config, "training.sample_every_steps", allow_zero=True)
 
-  # Sampling and evaluation.
-  _check_choice(config, "sampling.sampler", samplers.SAMPLERS)
-  if config.sampling.sampler.startswith("analytic") and config.training.sample_every_steps:
-    _fail("sampling.sampler", config.sampling.sampler,
-          "Analytic-DPM estimates E||eps||^2 per checkpoint, which the periodic training grids do "
-          "not do: use it in --mode=sample / --mode=eval with training.sample_every_steps=0, or "
-          "pick another sampler.")
+  # Sampling: the sampler's declared options, read from its config section.
+  _check_choice(config, "sampling.sampler", registry.names())
+  sampler = registry.get(config.sampling.sampler)
+  if sampler.prepare is not None and config.training.sample_every_steps:
+    _fail("sampling.sampler", sampler.name,
+          f"its once-per-model prepare step ({', '.join(sampler.prepared)}) does not run for the "
+          "periodic training grids: use it in --mode=sample / --mode=eval with "
+          "training.sample_every_steps=0, or pick another sampler.")
+  if sampler.prepare is not None and config.model.num_classes:
+    _fail("sampling.sampler", sampler.name,
+          "its prepare step supports unconditional models only; set model.num_classes to None "
+          "or pick another sampler.")
   steps = config.sampling.num_steps
-  if steps is not None and not 1 <= steps <= config.diffusion.num_timesteps:
-    _fail("sampling.num_steps", steps,
-          f"must be in [1, diffusion.num_timesteps={config.diffusion.num_timesteps}], or unset "
-          "for the full chain.")
+  if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+    _fail("sampling.num_steps", steps, "must be an integer >= 1, or unset for the sampler's "
+          "default.")
+  section = sampler.config_section
+  if sampler.options and section not in config.sampling:
+    _fail(f"sampling.{section}", None, "section missing; build configs on configs/default.py's "
+          "get_config(), which adds every registered sampler's section.")
+  try:
+    registry.resolve_options(sampler.name, registry.options_from_config(config.sampling),
+                             num_steps=steps, num_timesteps=config.diffusion.num_timesteps,
+                             where=f"config.sampling.{section}")
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   _check_positive_int(config, "sampling.num_samples")
   _check_positive_int(config, "sampling.batch_size")
   _check_divisible(config, "sampling.batch_size", num_devices)
@@ -146,9 +161,13 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
   _check_positive_int(config, "eval.num_quality_samples")
   _check_positive_int(config, "eval.quality_batch_size")
   _check_divisible(config, "eval.quality_batch_size", num_devices)
-  if (config.eval.sample_quality_at_end and config.data.dataset != "digits"
-      and not (config.eval.inception_weights and config.eval.reference_stats)):
+  if config.eval.sample_quality_at_end and not scorers.requested(config):
     _fail("eval.sample_quality_at_end", True,
-          "sample quality outside the digits data set is FID / IS / precision-recall: set "
-          "eval.inception_weights and eval.reference_stats (see diffusion_jax/evaluation/README.md), "
-          "or set it False.")
+          "no sample-quality score is defined for this run: outside the digits data set it is "
+          "FID / IS / precision-recall, which needs eval.inception_weights and "
+          "eval.reference_stats (see diffusion_jax/evaluation/README.md); or set it False.")
+  if bool(config.eval.inception_weights) != bool(config.eval.reference_stats):
+    missing = "reference_stats" if config.eval.inception_weights else "inception_weights"
+    _fail(f"eval.{missing}", None,
+          "FID needs both eval.inception_weights and eval.reference_stats (see "
+          "diffusion_jax/evaluation/README.md); set the missing one or unset both.")

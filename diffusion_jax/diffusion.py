@@ -7,6 +7,7 @@ timesteps t [B] indexing that schedule. Nothing here draws randomness: noise is 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal, Sequence
 
 import chex
@@ -154,7 +155,7 @@ def split_model_output(model_output: jnp.ndarray, x_t: jnp.ndarray, var_type: Va
 
 def model_log_variance(schedule: DiffusionSchedule, var_part: jnp.ndarray | None, x_t: jnp.ndarray,
                        t: jnp.ndarray, var_type: VarType) -> jnp.ndarray:
-  """The reverse-process log-variance, broadcast to x_t.shape (design.md section 3.3)."""
+  """The reverse-process log-variance, broadcast to x_t.shape (docs/conventions.md)."""
   if var_type == "fixedlarge":
     log_var = extract(schedule.fixedlarge_log_variance, t, x_t.shape)
   elif var_type == "fixedsmall":
@@ -214,3 +215,30 @@ def p_mean_variance(schedule: DiffusionSchedule, model_output: jnp.ndarray, x_t:
     mean, _, _ = q_posterior_mean_variance(schedule, pred_xstart, x_t, t)
   return MeanVariance(mean=mean, variance=jnp.exp(log_variance), log_variance=log_variance,
                       pred_xstart=pred_xstart)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GaussianDiffusion:
+  """What a trained model's diffusion is: the schedule and what the network outputs.
+
+  Built once from `config.diffusion` (`experiment.create_diffusion`) and handed to the losses,
+  the samplers and the bits/dim loop, e.g.
+  `samplers.sample(model_fn, d.schedule, shape, key, **d.parameterization)`.
+
+  Attributes:
+    schedule: the (concrete) training schedule.
+    mean_type: what the network predicts (MEAN_TYPES).
+    var_type: the reverse-process variance (VAR_TYPES).
+  """
+  schedule: DiffusionSchedule
+  mean_type: MeanType = "eps"
+  var_type: VarType = "fixedlarge"
+
+  def __post_init__(self):
+    check_option("mean_type", self.mean_type, MEAN_TYPES)
+    check_option("var_type", self.var_type, VAR_TYPES)
+
+  @property
+  def parameterization(self) -> dict:
+    """{"mean_type": ..., "var_type": ...}, the keyword arguments every consumer takes."""
+    return {"mean_type": self.mean_type, "var_type": self.var_type}

@@ -1,4 +1,4 @@
-"""Input pipeline: TFDS (or a folder of images) -> per-process split -> per-device numpy batches.
+"""Input pipeline: TFDS (or a folder of images) -> this process' part -> per-device numpy batches.
 
 Two entry points, both yielding numpy dicts shaped for `jax.pmap`:
 
@@ -7,18 +7,26 @@ Two entry points, both yielding numpy dicts shaped for `jax.pmap`:
 * `create_eval_iterator`: one finite, ordered pass over the eval split; the last batch is padded
   with zeros and every batch carries "mask": bool [local_devices, per_device] (True = real example).
 
-Conventions (design.md section 2):
+Conventions:
 
 * Images are decoded to uint8, center-cropped to a square and resized to `data.image_size` only
   when their size differs (area filter when shrinking, bicubic when enlarging; the result is
   rounded back to uint8, so images stay on the 256-level grid that the discretized decoder of the
   DDPM likelihood assumes), then scaled with `x / 127.5 - 1` to [-1, 1] float32.
-* Each process reads `tfds.even_splits(split, jax.process_count())[jax.process_index()]` and
-  `training.batch_size` is GLOBAL: per device = global / process_count / local_device_count.
-* Randomness is seeded: the same `seed` gives the same data order and the same flips (the flip of
-  the i-th example drawn is a stateless function of (seed, process_index, i)). File and example
-  shuffling use tf.data's seeded shuffles, which also depend on TF's global seed: do not call
-  `tf.random.set_seed` if you need runs to match.
+* `training.batch_size` is GLOBAL; the caller says which rows of it this process holds
+  (`parallel.batch_layout`).
+* The training batch of step s is a pure function of (seed, s): a resumed run continues with the
+  very batches an uninterrupted run would have seen. Data sets small enough for memory
+  ("digits", "cifar10", "mnist") are loaded whole by every process; epoch e is the permutation
+  `numpy.random.default_rng([seed, 0, e])` of the split, step s takes global rows
+  [k B, (k + 1) B) of its epoch (k = s mod steps_per_epoch, B the global batch, the remainder
+  of an epoch is dropped) and each process keeps its rows of that batch, so the global batch
+  does not depend on the number of processes or devices; flips come from
+  `default_rng([seed, 1, s])`. Larger data sets stream this process' part,
+  `tfds.even_splits(split, process_count)[process_index]`: file order fixed by the seed,
+  examples shuffled per epoch (seed (seed, process, epoch), 10,000-example buffer), a resumed run
+  skips the epoch's consumed examples; the flip of the i-th example is a stateless function of
+  (seed, process, i).
 * Datasets without labels (LSUN, CelebA-HQ, folders) get label 0.
 
 Data sets (`data.dataset`):
@@ -26,36 +34,40 @@ Data sets (`data.dataset`):
 * "digits": scikit-learn's 8x8 digits (`diffusion_jax.datasets`), the embedded default: built on
   the fly into `data.data_dir` (TFDS' default data_dir when None) the first time; no download.
 * "cifar10", "mnist", "lsun/bedroom", "lsun/church_outdoor", "lsun/cat", "celeb_a_hq/256":
-  TFDS datasets that must have been prepared beforehand (`tfds build ...`, see the error text);
-  nothing is ever downloaded here.
-* "folder": every *.png / *.jpg / *.jpeg under `data.data_dir` (recursive, sorted by relative
-  path), decoded to `data.num_channels` channels (1 = grey, 3 = RGB; images with other channel
-  counts are converted). Split rule, stable when files are added or removed: a file is "test"
-  when `zlib.crc32(relative_posix_path) % 10 == 0` (about 10%), "train" otherwise; "all" is every
-  file ("eval" and "validation" are aliases of "test").
+  TFDS datasets, downloaded and prepared on first use (`download_and_prepare`, by process 0 while
+  the others wait) unless `data.download=False`; CelebA-HQ needs a manual download (see the
+  error text). Without network access the error says how to prepare the data elsewhere.
+* "folder": every *.png / *.jpg / *.jpeg / *.bmp under `data.data_dir` (recursive, sorted by
+  relative path), decoded to `data.num_channels` channels (1 = grey, 3 = RGB; images with other
+  channel counts are converted). Split rule, stable when files are added or removed: a file is
+  "test" when `zlib.crc32(relative_posix_path) % 10 == 0` (about 10%), "train" otherwise; "all"
+  is every file ("eval" and "validation" are aliases of "test").
 """
 from __future__ import annotations
 
+import itertools
 import math
-import os
-import zlib
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+import socket
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from diffusion_jax import errors
+from diffusion_jax.datasets import folder
+
+folder_split_files = folder.split_files  # the folder split rule (module docstring)
+
 TFDS_DATASETS = ("digits", "cifar10", "mnist", "celeb_a_hq/256", "lsun/bedroom",
                  "lsun/church_outdoor", "lsun/cat")
 DATASETS = TFDS_DATASETS + ("folder",)
-# Small enough to keep the encoded split in memory (cache + shuffle the whole split).
-_SMALL_DATASETS = ("digits", "cifar10", "mnist")
+# Small enough to hold the decoded split in memory (the step-indexed path of the train iterator).
+IN_MEMORY_DATASETS = ("digits", "cifar10", "mnist")
 # Shuffle buffer (encoded examples) of the large datasets.
 _LARGE_SHUFFLE_BUFFER = 10_000
-_FOLDER_EXTENSIONS = (".png", ".jpg", ".jpeg")
-_FOLDER_SPLITS = {"train": "train", "test": "test", "eval": "test", "validation": "test",
-                  "all": "all"}
 
 Batch = Dict[str, np.ndarray]
 
@@ -70,45 +82,20 @@ def _field(data_config, name: str, default: Any = None) -> Any:
       data_config, name, default)
 
 
-def _validate(data_config) -> None:
-  dataset = _field(data_config, "dataset")
-  if dataset not in DATASETS:
-    raise ValueError(f"Unknown dataset {dataset!r} in `data.dataset`; valid names are "
-                     f"{', '.join(DATASETS)}.")
-  image_size = _field(data_config, "image_size")
-  if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size <= 0:
-    raise ValueError(f"`data.image_size` must be a positive int, got {image_size!r}.")
-  num_channels = _field(data_config, "num_channels")
-  if not isinstance(num_channels, int) or isinstance(num_channels, bool) or num_channels <= 0:
-    raise ValueError(f"`data.num_channels` must be a positive int, got {num_channels!r}.")
+def hide_accelerators_from_tf() -> None:
+  """The accelerators belong to JAX; TF only reads data, so it must not take their memory.
+
+  Fails once TF has initialized its devices, in which case they were already configured (by an
+  earlier call) and nothing is lost.
+  """
+  for kind in ("GPU", "TPU"):
+    try:
+      tf.config.set_visible_devices([], kind)
+    except RuntimeError:
+      pass
 
 
-def _per_device_batch(global_batch_size: int) -> Tuple[int, int, int]:
-  """Returns (per_process, local_devices, per_device) or raises naming `training.batch_size`."""
-  processes = jax.process_count()
-  local_devices = jax.local_device_count()
-  if not isinstance(global_batch_size, (int, np.integer)) or global_batch_size <= 0:
-    raise ValueError(f"`training.batch_size` (the global batch size) must be a positive int, got "
-                     f"{global_batch_size!r}.")
-  if global_batch_size % (processes * local_devices):
-    raise ValueError(
-        f"`training.batch_size`={global_batch_size} (global) must be divisible by "
-        f"process_count * local_device_count = {processes} * {local_devices} = "
-        f"{processes * local_devices}; choose a multiple of {processes * local_devices}.")
-  per_process = global_batch_size // processes
-  return per_process, local_devices, per_process // local_devices
-
-
-def _hide_accelerators_from_tf() -> None:
-  # The accelerators belong to JAX; TF only reads data. Fails once TF has initialized its devices,
-  # in which case they were already configured (by an earlier call) and nothing is lost.
-  try:
-    tf.config.experimental.set_visible_devices([], "GPU")
-  except RuntimeError:
-    pass
-
-
-def _not_prepared_message(name: str, data_dir: Optional[str], builder) -> str:
+def _not_prepared_message(name: str, data_dir: Optional[str], builder, why: str) -> str:
   where = data_dir or "the default TFDS data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
   dd = data_dir or "DATA_DIR"
   if name.startswith("celeb_a_hq"):
@@ -120,57 +107,102 @@ def _not_prepared_message(name: str, data_dir: Optional[str], builder) -> str:
            f"(or `tfds.builder('{name}', data_dir='{dd}').download_and_prepare()`), copying "
            f"that directory here if needed")
   return (f"TFDS dataset {name!r} (`data.dataset`) is not prepared in {where} "
-          f"(`data.data_dir`), and this pipeline never downloads. {how}; then point "
-          f"`data.data_dir` at that directory.")
+          f"(`data.data_dir`), and {why}. {how}; then point `data.data_dir` at that directory.")
+
+
+def _network_problem(host: str = "storage.googleapis.com", timeout: float = 5.0) -> Optional[str]:
+  """Why TFDS could not download right now (None when `host` answers): fails in seconds where
+  a download attempt would retry for minutes."""
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+    return None
+  except OSError as e:
+    return f"{host} cannot be reached ({e})"
+
+
+def _prepare(builder, name: str, data_dir: Optional[str]) -> None:
+  """download_and_prepare on first use; raises MissingFileError with the way out if it fails."""
+  problem = None if name == "digits" else _network_problem()  # digits ship with scikit-learn
+  if problem is None:
+    try:
+      builder.download_and_prepare()
+      return
+    except Exception as e:  # TFDS/requests raise many types; the message says what happened.
+      problem = f"download_and_prepare failed: {type(e).__name__}: {e}"
+  raise errors.MissingFileError(_not_prepared_message(
+      name, data_dir, builder, f"this machine could not prepare it ({problem})"))
 
 
 def _tfds_builder(data_config):
-  """Returns the prepared TFDS builder of `data.dataset` (building "digits" if needed)."""
+  """The TFDS builder of `data.dataset`, prepared on first use (see the module docstring).
+
+  Process 0 prepares the data while the others wait; a process that still finds no data
+  afterwards (a data_dir that is not shared) prepares its own copy.
+  """
   import diffusion_jax.datasets  # pylint: disable=g-import-not-at-top,unused-import  # registers "digits"
   name = _field(data_config, "dataset")
   data_dir = _field(data_config, "data_dir")
   builder = tfds.builder(name, data_dir=data_dir)
-  if name == "digits" and not builder.is_prepared():
-    builder.download_and_prepare()  # Offline: the data ship with scikit-learn.
-  # Other datasets: `as_dataset` reports missing data (see `_tfds_source`); checking here with
-  # `is_prepared()` would also reject `tfds.testing.mock_data`, which serves data from no files.
+  # With data.download=False, `as_dataset` reports missing data (see `_tfds_source`); checking
+  # `is_prepared()` there would also reject `tfds.testing.mock_data`, which serves no files.
+  if (name == "digits" or _field(data_config, "download", True)) and not builder.is_prepared():
+    error = None
+    if jax.process_index() == 0:
+      try:
+        _prepare(builder, name, data_dir)
+      except errors.MissingFileError as e:
+        error = e
+    if jax.process_count() > 1:
+      failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+      if jax.process_index() != 0 and not failed:
+        builder = tfds.builder(name, data_dir=data_dir)
+        if not builder.is_prepared():
+          _prepare(builder, name, data_dir)
+      elif failed and error is None:
+        raise errors.MissingFileError(f"TFDS dataset {name!r} (`data.dataset`) could not be "
+                                      "prepared by process 0; see its error.")
+    if error is not None:
+      raise error
   channels = builder.info.features["image"].shape[-1]
   num_channels = _field(data_config, "num_channels")
   if channels != num_channels:
-    raise ValueError(f"Dataset {name!r} has {channels}-channel images but `data.num_channels`="
-                     f"{num_channels}; set `data.num_channels={channels}`.")
+    raise errors.DataError(f"Dataset {name!r} has {channels}-channel images but "
+                           f"`data.num_channels`={num_channels}; set `data.num_channels={channels}`.")
   return builder
 
 
-def _tfds_source(data_config, split: str, field: str, *, train: bool, seed: int):
-  """Encoded examples of this process' part of `split`.
+def _tfds_source(data_config, split: str, field: str, *, whole: bool, shuffle_seed: Optional[int]):
+  """Encoded examples of `split` (this process' part, or all of it with `whole`).
 
   Returns:
     (dataset of {"image": encoded bytes, "label": int64}, a function decoding one such example
-    to {"image": uint8 [h, w, c], "label": int32}, the local example count, whether the data set
-    is small enough to cache, the largest per-process example count). `_folder_source` returns
-    the same five things.
+    to {"image": uint8 [h, w, c], "label": int32}, the example count, the largest per-process
+    example count). `_folder_source` returns the same four things.
   """
   builder = _tfds_builder(data_config)
-  parts = tfds.even_splits(split, jax.process_count())
-  local = parts[jax.process_index()]
+  parts = [split] if whole else tfds.even_splits(split, jax.process_count())
+  local = parts[0 if whole else jax.process_index()]
   try:
     ds = builder.as_dataset(
         split=local,
-        # Ordered datasets (digits: one shard) refuse file shuffling; examples are shuffled below.
-        shuffle_files=train and not builder.info.disable_shuffling,
+        # Ordered datasets (digits: one shard) refuse file shuffling; examples are shuffled later.
+        shuffle_files=shuffle_seed is not None and not builder.info.disable_shuffling,
         decoders={"image": tfds.decode.SkipDecoding()},
-        read_config=tfds.ReadConfig(shuffle_seed=seed if train else None))
+        read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed,
+                                    shuffle_reshuffle_each_iteration=False))
   except AssertionError as e:
     if "could not find data" not in str(e):
       raise
     name = _field(data_config, "dataset")
-    raise FileNotFoundError(
-        _not_prepared_message(name, _field(data_config, "data_dir"), builder)) from e
+    why = ("data.download=False" if not _field(data_config, "download", True)
+           else "it could not be found")
+    raise errors.MissingFileError(
+        _not_prepared_message(name, _field(data_config, "data_dir"), builder, why)) from e
   except (KeyError, ValueError) as e:
-    raise ValueError(f"Split {split!r} (`{field}`) is not a valid split of "
-                     f"{builder.info.name!r}; its splits are {list(builder.info.splits.keys())} "
-                     f"(TFDS slicing like 'train[:90%]' also works). TFDS said: {e}") from e
+    raise errors.DataError(f"Split {split!r} (`{field}`) is not a valid split of "
+                           f"{builder.info.name!r}; its splits are "
+                           f"{list(builder.info.splits.keys())} (TFDS slicing like 'train[:90%]' "
+                           f"also works). TFDS said: {e}") from e
   has_label = "label" in builder.info.features
   image_feature = builder.info.features["image"]
 
@@ -178,7 +210,7 @@ def _tfds_source(data_config, split: str, field: str, *, train: bool, seed: int)
     return {"image": image_feature.decode_example(ex["image"]),
             "label": tf.cast(ex["label"], tf.int32)}
 
-  # Decoding is deferred to after caching/shuffling, so the shuffle buffer holds encoded bytes.
+  # Decoding is deferred to after shuffling, so the shuffle buffer holds encoded bytes.
   ds = ds.map(lambda ex: {"image": ex["image"],
                           "label": ex["label"] if has_label else tf.constant(0, tf.int64)})
   card = int(ds.cardinality())
@@ -186,82 +218,14 @@ def _tfds_source(data_config, split: str, field: str, *, train: bool, seed: int)
   max_n = local_n
   if len(parts) > 1:  # Only multi-process eval needs the other processes' counts.
     max_n = max([local_n] + [builder.info.splits[p].num_examples for p in parts])
-  small = _field(data_config, "dataset") in _SMALL_DATASETS
-  return ds, fmt, local_n, small, max_n
+  return ds, fmt, local_n, max_n
 
 
-def _folder_files(data_config) -> Tuple[str, List[str]]:
-  root = _field(data_config, "data_dir")
-  if not root or not os.path.isdir(root):
-    raise ValueError(f"`data.data_dir` must be an existing directory of PNG/JPEG images for "
-                     f"`data.dataset`='folder', got {root!r}.")
-  files = []
-  for dirpath, _, filenames in os.walk(root, followlinks=True):
-    for f in filenames:
-      if f.lower().endswith(_FOLDER_EXTENSIONS):
-        files.append(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/"))
-  if not files:
-    raise ValueError(f"No *.png / *.jpg / *.jpeg images found under `data.data_dir`={root!r}.")
-  return root, sorted(files)
-
-
-def folder_split_files(data_config, split: str, field: str = "data.train_split") -> List[str]:
-  """Relative paths (sorted) of the images of `split` of a "folder" data set (rule: module doc).
-
-  Args:
-    data_config: the `data` ConfigDict (`data_dir` is the image directory).
-    split: "train", "test" (aliases "eval", "validation") or "all".
-    field: the config field that holds `split`, named in errors.
-
-  Returns:
-    The sorted relative POSIX paths of the split's files.
-  """
-  if split not in _FOLDER_SPLITS:
-    raise ValueError(f"Split {split!r} (`{field}`) is not valid for `data.dataset`='folder'; "
-                     f"valid splits: {', '.join(_FOLDER_SPLITS)}.")
-  kind = _FOLDER_SPLITS[split]
-  _, files = _folder_files(data_config)
-  if kind == "all":
-    return files
-  is_test = [zlib.crc32(f.encode("utf-8")) % 10 == 0 for f in files]
-  chosen = [f for f, t in zip(files, is_test) if t == (kind == "test")]
-  if not chosen:
-    raise ValueError(f"The {kind!r} split (`{field}`={split!r}) of the folder `data.data_dir` is "
-                     f"empty ({len(files)} images in all; about 10% go to 'test'); add images or "
-                     "use the split 'all'.")
-  return chosen
-
-
-def _folder_source(data_config, split: str, field: str, *, train: bool, seed: int):
-  root, _ = _folder_files(data_config)
-  num_channels = _field(data_config, "num_channels")
-  if num_channels not in (1, 3):
-    raise ValueError(f"`data.num_channels` must be 1 (grey) or 3 (RGB) for `data.dataset`="
-                     f"'folder', got {num_channels}.")
-  files = folder_split_files(data_config, split, field)
-  n, k, i = len(files), jax.process_count(), jax.process_index()
-  bounds = [(j * n) // k for j in range(k + 1)]
-  local_files = files[bounds[i]:bounds[i + 1]]
-  max_n = max(bounds[j + 1] - bounds[j] for j in range(k))
-  paths = [os.path.join(root, f) for f in local_files]
-  del train, seed  # File order is shuffled downstream with the example shuffle.
-  ds = tf.data.Dataset.from_tensor_slices({"image": tf.constant(paths, tf.string)})
-  ds = ds.map(lambda ex: {"image": tf.io.read_file(ex["image"]),
-                          "label": tf.constant(0, tf.int64)},
-              num_parallel_calls=tf.data.AUTOTUNE)
-
-  def fmt(ex):
-    image = tf.io.decode_image(ex["image"], channels=num_channels, expand_animations=False)
-    image.set_shape([None, None, num_channels])
-    return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
-
-  return ds, fmt, len(local_files), False, max_n
-
-
-def _source(data_config, split: str, field: str, *, train: bool, seed: int):
+def _source(data_config, split: str, field: str, *, whole: bool = False,
+            shuffle_seed: Optional[int] = None):
   if _field(data_config, "dataset") == "folder":
-    return _folder_source(data_config, split, field, train=train, seed=seed)
-  return _tfds_source(data_config, split, field, train=train, seed=seed)
+    return folder.source(data_config, split, field, whole=whole)
+  return _tfds_source(data_config, split, field, whole=whole, shuffle_seed=shuffle_seed)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -290,7 +254,7 @@ def _crop_resize(image: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def _to_model_range(image_uint8: tf.Tensor) -> tf.Tensor:
-  """uint8 [0, 255] -> float32 [-1, 1] by x / 127.5 - 1 (design.md section 2)."""
+  """uint8 [0, 255] -> float32 [-1, 1] by x / 127.5 - 1."""
   return tf.cast(image_uint8, tf.float32) / 127.5 - 1.0
 
 
@@ -312,37 +276,84 @@ def _options() -> tf.data.Options:
 # ------------------------------------------------------------------------------------------------
 
 
-def create_train_iterator(data_config, *, global_batch_size: int,
-                          seed: int) -> Iterator[Batch]:
-  """Infinite, shuffled training batches of this process, split over its local devices.
+def load_split(data_config, split: str, field: str = "data.train_split",
+               limit: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+  """All of `split` (or its first `limit` examples), decoded, cropped and resized, in order.
 
-  Args:
-    data_config: the `data` ConfigDict: dataset, image_size, num_channels, random_flip,
-      data_dir, train_split (default "train").
-    global_batch_size: `training.batch_size`, summed over all processes and devices; must be a
-      multiple of process_count * local_device_count.
-    seed: data seed; the same seed gives the same order and flips.
-
-  Yields:
-    {"image": float32 [local_devices, per_device, H, W, C] in [-1, 1],
-     "label": int32 [local_devices, per_device]} as numpy arrays (label 0 without labels).
+  Every process reads the same examples. Returns (uint8 [N, H, W, C], int32 labels [N]).
   """
-  _validate(data_config)
-  per_process, local_devices, per_device = _per_device_batch(global_batch_size)
-  _hide_accelerators_from_tf()
-  split = _field(data_config, "train_split", "train") or "train"
+  image_size = _field(data_config, "image_size")
+  ds, fmt, n, _ = _source(data_config, split, field, whole=True)
+  if n == 0:
+    raise errors.DataError(f"Split {split!r} (`{field}`) has no examples.")
+  if limit is not None:
+    ds = ds.take(limit)
+  ds = ds.map(lambda ex: (lambda e: {"image": _crop_resize(e["image"], image_size),
+                                     "label": e["label"]})(fmt(ex)),
+              num_parallel_calls=tf.data.AUTOTUNE).batch(1024).with_options(_options())
+  images, labels = [], []
+  for batch in tfds.as_numpy(ds):
+    images.append(batch["image"])
+    labels.append(batch["label"])
+  return np.concatenate(images), np.concatenate(labels).astype(np.int32)
+
+
+def _in_memory_batches(data_config, split: str, layout, seed: int,
+                       start_step: int) -> Iterator[Batch]:
+  """Step-indexed batches of a split held in memory (rule: the module docstring)."""
+  images, labels = load_split(data_config, split)
+  n, size = len(images), layout.global_size
+  if size > n:
+    raise errors.DataError(f"`training.batch_size`={size} is larger than the {n} examples of "
+                           f"`data.train_split`={split!r}; use at most {n}.")
+  steps_per_epoch = n // size
+  random_flip = bool(_field(data_config, "random_flip", False))
+  rows = slice(layout.offset, layout.offset + layout.local_size)
+  shape = (layout.local_devices, layout.per_device)
+
+  def batches():  # the split is loaded (and checked) above, when the iterator is created
+    epoch, order = None, None
+    for step in itertools.count(start_step):
+      if step // steps_per_epoch != epoch:
+        epoch = step // steps_per_epoch
+        order = np.random.default_rng([seed, 0, epoch]).permutation(n)
+      first = (step % steps_per_epoch) * size
+      index = order[first:first + size][rows]
+      x = images[index]
+      if random_flip:
+        flip = (np.random.default_rng([seed, 1, step]).random(size) < 0.5)[rows]
+        x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+      x = x.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+      yield {"image": x.reshape(shape + x.shape[1:]), "label": labels[index].reshape(shape)}
+
+  return batches()
+
+
+def _streamed_batches(data_config, split: str, layout, seed: int,
+                      start_step: int) -> Iterator[Batch]:
+  """Step-indexed batches of this process' part of a large split (rule: the module docstring)."""
+  per_process = layout.local_size
+  ds, fmt, local_n, _ = _source(data_config, split, "data.train_split", shuffle_seed=seed)
+  steps_per_epoch = local_n // per_process
+  if steps_per_epoch == 0:
+    raise errors.DataError(f"`data.train_split`={split!r} has {local_n} examples for process "
+                           f"{jax.process_index()}, fewer than its {per_process} of "
+                           "`training.batch_size`.")
   image_size = _field(data_config, "image_size")
   random_flip = bool(_field(data_config, "random_flip", False))
-  ds, fmt, local_n, small, _ = _source(data_config, split, "data.train_split", train=True,
-                                       seed=seed)
-  if local_n == 0:
-    raise ValueError(f"Split {split!r} (`data.train_split`) has no examples for process "
-                     f"{jax.process_index()}.")
-  if small:
-    ds = ds.cache()
-  buffer = local_n if (small or local_n <= _LARGE_SHUFFLE_BUFFER) else _LARGE_SHUFFLE_BUFFER
-  ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-  flip_seed = tf.constant([seed, jax.process_index()], tf.int64)
+  process = jax.process_index()
+  start_epoch, done = divmod(start_step, steps_per_epoch)
+  buffer = min(local_n, _LARGE_SHUFFLE_BUFFER)
+
+  def epoch_examples(epoch):
+    epoch_seed = (tf.constant(seed, tf.int64) * 1_000_003 + process) * 1_000_003 + epoch
+    examples = ds.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+    examples = examples.take(steps_per_epoch * per_process)
+    skip = tf.where(epoch == start_epoch, tf.constant(done * per_process, tf.int64),
+                    tf.constant(0, tf.int64))
+    return examples.skip(skip)
+
+  flip_seed = tf.constant([seed, process], tf.int64)
 
   def preprocess(index, ex):
     ex = fmt(ex)
@@ -353,14 +364,39 @@ def create_train_iterator(data_config, *, global_batch_size: int,
       image = tf.image.stateless_random_flip_left_right(image, seed=key)
     return {"image": _to_model_range(image), "label": ex["label"]}
 
-  ds = ds.enumerate().map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(per_process, drop_remainder=True)
-  ds = ds.map(lambda b: _split_devices(b, local_devices, per_device))
-  ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
-  return iter(tfds.as_numpy(ds))
+  out = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_examples)
+  out = tf.data.Dataset.zip((tf.data.Dataset.range(start_step * per_process, 2**62), out))
+  out = out.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  out = out.batch(per_process, drop_remainder=True)
+  out = out.map(lambda b: _split_devices(b, layout.local_devices, layout.per_device))
+  return iter(tfds.as_numpy(out.prefetch(tf.data.AUTOTUNE).with_options(_options())))
 
 
-def create_eval_iterator(data_config, *, global_batch_size: int,
+def create_train_iterator(data_config, *, layout, seed: int, start_step: int = 0
+                          ) -> Iterator[Batch]:
+  """Infinite training batches from step `start_step` on; step s's batch depends on (seed, s).
+
+  Args:
+    data_config: the `data` ConfigDict: dataset, image_size, num_channels, random_flip,
+      data_dir, train_split (default "train"), download.
+    layout: which rows of the GLOBAL batch this process holds and how they split over its
+      devices (`parallel.batch_layout`: global_size, offset, local_size, local_devices,
+      per_device).
+    seed: data seed.
+    start_step: the first step to yield (a resumed run's step).
+
+  Yields:
+    {"image": float32 [local_devices, per_device, H, W, C] in [-1, 1],
+     "label": int32 [local_devices, per_device]} as numpy arrays (label 0 without labels).
+  """
+  hide_accelerators_from_tf()
+  split = _field(data_config, "train_split", "train") or "train"
+  if _field(data_config, "dataset") in IN_MEMORY_DATASETS:
+    return _in_memory_batches(data_config, split, layout, seed, start_step)
+  return _streamed_batches(data_config, split, layout, seed, start_step)
+
+
+def create_eval_iterator(data_config, *, local_batch_shape: Tuple[int, int],
                          split: Optional[str] = None) -> Iterator[Batch]:
   """One ordered pass over this process' part of the eval split; nothing is dropped.
 
@@ -371,7 +407,7 @@ def create_eval_iterator(data_config, *, global_batch_size: int,
   Args:
     data_config: the `data` ConfigDict (see `create_train_iterator`); `eval_split` (default
       "test") is read unless `split` is given.
-    global_batch_size: the global eval batch size (multiple of process_count * local devices).
+    local_batch_shape: (local devices, examples per device) of this process' part of a batch.
     split: overrides `data.eval_split` (any TFDS split spec, e.g. "train[:1000]").
 
   Yields:
@@ -379,14 +415,14 @@ def create_eval_iterator(data_config, *, global_batch_size: int,
      "label": int32 [local_devices, per_device],
      "mask": bool [local_devices, per_device] (True for real examples)} as numpy arrays.
   """
-  _validate(data_config)
-  per_process, local_devices, per_device = _per_device_batch(global_batch_size)
-  _hide_accelerators_from_tf()
+  local_devices, per_device = local_batch_shape
+  per_process = local_devices * per_device
+  hide_accelerators_from_tf()
   field = "split" if split is not None else "data.eval_split"
   if split is None:
     split = _field(data_config, "eval_split", "test") or "test"
   image_size = _field(data_config, "image_size")
-  ds, fmt, local_n, _, max_n = _source(data_config, split, field, train=False, seed=0)
+  ds, fmt, local_n, max_n = _source(data_config, split, field)
 
   def preprocess(ex):
     ex = fmt(ex)

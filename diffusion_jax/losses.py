@@ -1,6 +1,6 @@
 """Training objectives and likelihood evaluation: L_simple, L_vlb, L_hybrid and bits/dim.
 
-Conventions (design.md section 3): per-example losses are means over all non-batch dimensions;
+Conventions (docs/conventions.md): per-example losses are means over all non-batch dimensions;
 variational terms are reported in bits per dimension (nats / ln 2); the t = 0 term is the
 negative log-likelihood of the discretized Gaussian decoder (DDPM Eq. 13).
 """

@@ -10,7 +10,7 @@ from PIL import Image
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
-  """Maps samples in [-1, 1] to uint8 by clip(round((x + 1) * 127.5), 0, 255) (design.md 3.11).
+  """Maps samples in [-1, 1] to uint8 by clip(round((x + 1) * 127.5), 0, 255).
 
   Computed in float64; `round` is numpy's round half to even. The inverse of the data
   pipeline's `x / 127.5 - 1`: every uint8 value round-trips. This is the one conversion used

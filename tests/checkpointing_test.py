@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from diffusion_jax import checkpointing, timestep_sampling, train_state
+from checkpoint_files import damage, snapshot
 
 
 def _state(seed: int, with_history: bool = False) -> train_state.TrainState:
@@ -71,25 +72,10 @@ def test_half_written_checkpoint_is_ignored(tmp_path):
   chex.assert_trees_all_equal(restored, states[2])
 
 
-def _damage(directory, how):
-  files = sorted(os.path.join(d, f) for d, _, fs in os.walk(directory) for f in fs
-                 if os.path.basename(d) == "d")  # the array data files
-  assert files, f"no data files under {directory}"
-  for path in files:
-    with open(path, "r+b") as f:
-      if how == "truncate":
-        f.truncate(os.path.getsize(path) // 2)
-      else:  # flip bytes in the middle of the data
-        f.seek(os.path.getsize(path) // 2)
-        chunk = f.read(8)
-        f.seek(os.path.getsize(path) // 2)
-        f.write(bytes(b ^ 0xFF for b in chunk))
-
-
 @pytest.mark.parametrize("how", ["truncate", "flip"])
 def test_damaged_latest_checkpoint_is_reported_and_previous_used(tmp_path, how, caplog):
   states = _save(tmp_path, [1, 2])
-  _damage(tmp_path / "checkpoints" / "2", how)
+  damage(tmp_path / "checkpoints" / "2", how)
   with caplog.at_level("ERROR"):
     restored, step = _restore_latest(tmp_path, _state(0))
   assert step == 1
@@ -102,7 +88,7 @@ def test_damaged_latest_checkpoint_is_reported_and_previous_used(tmp_path, how, 
 
 def test_all_checkpoints_damaged_raises(tmp_path):
   _save(tmp_path, [1])
-  _damage(tmp_path / "checkpoints" / "1", "truncate")
+  damage(tmp_path / "checkpoints" / "1", "truncate")
   with pytest.raises(checkpointing.CheckpointError, match="None of the checkpoints"):
     _restore_latest(tmp_path, _state(0))
 
@@ -113,3 +99,41 @@ def test_missing_step_names_the_available_ones(tmp_path):
   with pytest.raises(checkpointing.CheckpointError, match=r"step 7.*\[1, 2\]"):
     checkpointing.restore_step(manager, _state(0), 7)
   manager.close()
+
+
+def test_restore_ema_params_reads_only_the_ema_and_the_step(tmp_path):
+  states = _save(tmp_path, [1, 2])
+  before = snapshot(tmp_path)
+  ema, step = checkpointing.restore_ema_params(str(tmp_path))
+  assert step == 2
+  chex.assert_trees_all_equal(ema, states[2].ema_params)
+  ema1, step1 = checkpointing.restore_ema_params(str(tmp_path), 1)
+  assert step1 == 1
+  chex.assert_trees_all_equal(ema1, states[1].ema_params)
+  assert snapshot(tmp_path) == before  # nothing created, moved or written
+
+
+@pytest.mark.parametrize("how", ["truncate", "wrong_digest"])
+def test_restore_ema_params_skips_a_damaged_newest_without_touching_it(tmp_path, how, caplog):
+  states = _save(tmp_path, [1, 2])
+  if how == "truncate":
+    damage(tmp_path / "checkpoints" / "2", how)
+  else:  # the EMA parameters no longer match the digest saved with them
+    meta = tmp_path / "checkpoints" / "2" / "meta" / "metadata"
+    meta.write_text(meta.read_text().replace('"sha256_ema_params": "', '"sha256_ema_params": "0'))
+  before = snapshot(tmp_path)
+  with caplog.at_level("WARNING"):
+    ema, step = checkpointing.restore_ema_params(str(tmp_path))
+  assert step == 1
+  chex.assert_trees_all_equal(ema, states[1].ema_params)
+  assert any("Checkpoint 2" in r.getMessage() and "Skipped" in r.getMessage()
+             for r in caplog.records)
+  assert snapshot(tmp_path) == before
+  with pytest.raises(checkpointing.CheckpointError, match="Checkpoint 2"):
+    checkpointing.restore_ema_params(str(tmp_path), 2)  # asked for by step: an error
+
+
+def test_restore_ema_params_without_checkpoints(tmp_path):
+  with pytest.raises(checkpointing.CheckpointError, match="train first"):
+    checkpointing.restore_ema_params(str(tmp_path))
+  assert not any(tmp_path.iterdir())

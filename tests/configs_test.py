@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from configs import default, tiny
-from diffusion_jax import config_validation, train
+from diffusion_jax import config_validation, experiment, train
 from diffusion_jax.models import UNet
+from diffusion_jax.samplers import registry
 
 CONFIGS = ["default", "tiny", "digits", "cifar10", "celebahq", "lsun_bedroom", "lsun_church",
            "lsun_cat"]
@@ -18,7 +19,7 @@ CONFIGS = ["default", "tiny", "digits", "cifar10", "celebahq", "lsun_bedroom", "
 
 def _num_params(config) -> int:
   size, ch = config.data.image_size, config.data.num_channels
-  shapes = jax.eval_shape(lambda: train.create_model(config).init(
+  shapes = jax.eval_shape(lambda: experiment.create_model(config).init(
       jax.random.PRNGKey(0), jnp.zeros((1, size, size, ch)), jnp.zeros((1,), jnp.int32)))
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
 
@@ -37,10 +38,18 @@ def test_config_is_valid_and_documented(name):
 
 def test_default_config_comments_every_field():
   lines = open(default.__file__).read().splitlines()
+  sampler_sections = {spec.config_section: {o.name: o for o in spec.options}
+                      for spec in (registry.get(n) for n in registry.names()) if spec.options}
   for section, fields in default.get_config().items():
     if not hasattr(fields, "keys"):
       continue
     for field in fields.keys():
+      if section == "sampling" and field in sampler_sections:
+        # Per-sampler sections are documented where they are declared, with the sampler.
+        assert set(fields[field]) == set(sampler_sections[field]), field
+        assert all(option.help for option in sampler_sections[field].values()), field
+        assert f"sampling.{field} (" in open(default.__file__).read(), field  # named there
+        continue
       i = next(i for i, l in enumerate(lines) if f".{field} = " in l)
       # A trailing comment, or a comment line right above the field.
       assert "#" in lines[i] or lines[i - 1].strip().startswith("#"), field
@@ -53,7 +62,7 @@ def test_paper_parameter_counts():
   bedroom = importlib.import_module("configs.lsun_bedroom").get_config()
   assert abs(_num_params(bedroom) - 113.7e6) < 0.5e6
   c10.diffusion.var_type = "learned_range"  # output channels follow var_type: 2C
-  assert train.create_model(c10).out_ch == 6
+  assert experiment.create_model(c10).out_ch == 6
 
 
 def _error(config, num_devices=8) -> str:

@@ -232,3 +232,20 @@ def test_library_import_does_not_import_torch():
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("config", [DDPM_CIFAR10_CONFIG, DDPM_256_SMALL_CONFIG, ADM_SMALL_CONFIG,
+                                    CONV_PAD1_CONFIG])
+def test_diffusers_config_is_the_inverse_map(config):
+  kwargs = convert.unet_kwargs_from_diffusers_config(config)
+  back = convert.diffusers_config(UNet(**kwargs), sample_size=config["sample_size"],
+                                  in_channels=config["in_channels"])
+  assert convert.unet_kwargs_from_diffusers_config(back) == kwargs
+  # And diffusers builds it: the same parameter count as our model.
+  model = UNet(**kwargs)
+  size = config["sample_size"]
+  params = jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), jnp.zeros((1, size, size, config["in_channels"])),
+      jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.int32) if model.num_classes else None))
+  ours = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(params))
+  assert sum(p.numel() for p in diffusers.UNet2DModel(**back).parameters()) == ours

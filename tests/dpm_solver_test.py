@@ -64,20 +64,46 @@ def test_multistep_matches_diffusers(order, num_steps, algorithm, final):
 
 
 def test_multistep_thresholding_matches_diffusers():
+  # diffusers caps the threshold at sample_max_value (s = clip(q, 1, max)); with a cap that never
+  # binds its s = max(q, 1) is the papers' rule with max_value = 1, so it is a reference for ours.
   sched, (mixture, _) = _schedule(), _mixture(scale=1.4)  # x0 predictions beyond [-1, 1]
   eps_fn = jax.jit(mixture.eps_model_fn(sched))
   ref_sched = DPMSolverMultistepScheduler(num_train_timesteps=T, solver_order=2, thresholding=True,
-                                          dynamic_thresholding_ratio=0.9, sample_max_value=1.3)
+                                          dynamic_thresholding_ratio=0.9, sample_max_value=1e6)
   ref_sched.set_timesteps(10)
   x_T = jax.random.normal(jax.random.PRNGKey(9), SHAPE)
   ref = _run_diffusers(ref_sched, eps_fn, x_T)
   ours = dpm_solver.dpm_solver_sample(eps_fn, sched, SHAPE, jax.random.PRNGKey(0), num_steps=10,
                                       timesteps=ref_sched.timesteps.numpy(), thresholding=True,
-                                      dynamic_thresholding_ratio=0.9, sample_max_value=1.3, x_T=x_T)
+                                      dynamic_thresholding_ratio=0.9, sample_max_value=1.0, x_T=x_T)
   _assert_close(ours, ref)
   plain = dpm_solver.dpm_solver_sample(eps_fn, sched, SHAPE, jax.random.PRNGKey(0), num_steps=10,
                                        timesteps=ref_sched.timesteps.numpy(), x_T=x_T)
   assert float(jnp.max(jnp.abs(ours))) <= 1.0 + 1e-6 < float(jnp.max(jnp.abs(plain)))
+
+
+def _threshold_float64(x0, ratio, max_value):
+  """Saharia et al. 2022 / DPM-Solver++ Sec. 5, restated: s = max(quantile_p |x0|, max_value)."""
+  flat = np.abs(np.asarray(x0, np.float64)).reshape(x0.shape[0], -1)
+  s = np.maximum(np.quantile(flat, ratio, axis=1), max_value).reshape(-1, 1, 1, 1)
+  return np.clip(x0, -s, s) / s
+
+
+def test_dynamic_threshold_does_more_than_clip():
+  rng = np.random.default_rng(3)
+  # Example 0 stays mostly inside [-1.3, 1.3] (plain clip then / 1.3); example 1 spreads to +-3,
+  # so its threshold is its own 0.9-quantile and the whole prediction is rescaled.
+  x0 = np.stack([rng.uniform(-1.2, 1.2, (4, 4, 1)), rng.uniform(-3.0, 3.0, (4, 4, 1))])
+  x0 = x0.astype(np.float32)
+  ours = np.asarray(dpm_solver.dynamic_threshold(jnp.asarray(x0), 0.9, 1.3))
+  expected = _threshold_float64(x0, 0.9, 1.3)
+  np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-7)
+  clipped = np.clip(x0, -1.0, 1.0)
+  assert np.abs(ours[1] - clipped[1]).max() > 0.1  # not plain clipping
+  assert np.abs(ours).max() <= 1.0 + 1e-6  # always back in [-1, 1]
+  s1 = np.quantile(np.abs(x0[1].astype(np.float64)), 0.9)
+  assert s1 > 1.3
+  np.testing.assert_allclose(ours[1], np.clip(x0[1], -s1, s1) / s1, rtol=1e-6, atol=1e-7)
 
 
 def _block_orders(step_orders):

@@ -253,18 +253,19 @@ def test_reference_stats_from_folder_counts_remainder(tmp_path):
   ext = _StubExtractor(8 * 8 * 3)
   out = str(tmp_path / "ref.npz")
   ref = sample_quality.compute_reference_stats(str(tmp_path / "imgs"), output_path=out,
-                                               extractor=ext, batch_size=3, num_pr_features=5)
+                                               image_size=8, extractor=ext, batch_size=3,
+                                               num_pr_features=5)
   assert ext.images_seen == 7 and ref.metadata["num_images"] == 7  # 3 + 3 + 1: none dropped
   feats = ext(imgs)["pool3"].astype(np.float64)
   loaded = sample_quality.load_reference_stats(out, dim=64)
   np.testing.assert_allclose(loaded.mu, feats.mean(0), rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(loaded.sigma, np.cov(feats, rowvar=False), rtol=1e-5, atol=1e-7)
   assert loaded.features.shape == (5, 64) and loaded.metadata["image_shape"] == [8, 8, 3]
-  # Mismatched sizes in the folder -> error naming the file.
-  Image.fromarray(_real_images(1, hw=9)[0]).save(folder / "zzz.png")
-  with pytest.raises(ValueError, match="zzz.png"):
-    sample_quality.compute_reference_stats(str(tmp_path / "imgs"), output_path=out,
-                                           extractor=ext, batch_size=3)
+  # Other sizes are read the way training reads them (input_pipeline: center crop + resize).
+  Image.fromarray(_real_images(1, hw=16)[0]).save(folder / "zzz.png")
+  ref = sample_quality.compute_reference_stats(str(tmp_path / "imgs"), output_path=out,
+                                               image_size=8, extractor=ext, batch_size=3)
+  assert ref.metadata["num_images"] == 8 and ref.metadata["image_shape"] == [8, 8, 3]
 
 
 def test_reference_stats_from_tfds_counts_remainder(tmp_path):
@@ -273,8 +274,8 @@ def test_reference_stats_from_tfds_counts_remainder(tmp_path):
   ext = _StubExtractor(32 * 32 * 3)
   with tfds.testing.mock_data(num_examples=11):
     ref = sample_quality.compute_reference_stats(
-        "tfds:cifar10", output_path=str(tmp_path / "c.npz"), extractor=ext, split="train",
-        batch_size=4, num_pr_features=100)
+        "tfds:cifar10", output_path=str(tmp_path / "c.npz"), image_size=32, extractor=ext,
+        split="train", batch_size=4, num_pr_features=100, download=False)
   assert ref.metadata["num_images"] == 11 and ext.images_seen == 11  # 4 + 4 + 3
   assert ref.features.shape == (11, 64)
   assert ref.metadata["source"] == "tfds:cifar10" and ref.metadata["split"] == "train"
@@ -288,8 +289,8 @@ def _make_reference(tmp_path, ext, n=40, hw=8, seed=0):
   for i, im in enumerate(_real_images(n, hw=hw, seed=seed)):
     Image.fromarray(im).save(folder / f"{i:03d}.png")
   path = str(tmp_path / f"ref{hw}.npz")
-  sample_quality.compute_reference_stats(str(folder), output_path=path, extractor=ext,
-                                         batch_size=16)
+  sample_quality.compute_reference_stats(str(folder), output_path=path, image_size=hw,
+                                         extractor=ext, batch_size=16)
   return path
 
 

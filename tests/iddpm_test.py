@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from configs import digits_hybrid, iddpm_cifar10, iddpm_imagenet64
-from diffusion_jax import config_validation, input_pipeline, samplers, schedules, train
+from diffusion_jax import config_validation, experiment, input_pipeline, parallel, samplers
+from diffusion_jax import schedules, train
 from diffusion_jax import train_state
 from diffusion_jax.samplers import ancestral
 
@@ -44,11 +45,11 @@ def test_iddpm_configs_are_the_papers_and_fit_the_unet(name):
   assert (t.learning_rate, t.batch_size, t.num_train_steps, t.ema_decay) == (1e-4, 128, steps,
                                                                              0.9999)
   assert (config.data.image_size, config.data.num_channels) == (size, 3)
-  np.testing.assert_allclose(np.asarray(train.create_schedule(config).alphas_cumprod),
+  np.testing.assert_allclose(np.asarray(experiment.create_schedule(config).alphas_cumprod),
                              _cosine_alphas_cumprod(4000), rtol=2e-5, atol=1e-7)
 
   # The U-Net outputs 2C = 6 channels at the configured resolution (shapes only, no compute).
-  model = train.create_model(config)
+  model = experiment.create_model(config)
   assert model.out_ch == 6
   x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
   ts = jax.ShapeDtypeStruct((2,), jnp.int32)
@@ -79,21 +80,22 @@ def test_digits_hybrid_trains_with_both_loss_terms():
   config = _tiny_digits_hybrid()
   config.training.batch_size = 16
   config_validation.validate_config(config, num_devices=jax.device_count())
-  model, schedule = train.create_model(config), train.create_schedule(config)
+  model, diffusion_ = experiment.create_model(config), experiment.create_diffusion(config)
   assert model.out_ch == 2
   tx = train_state.make_optimizer(config)
-  mesh = train.make_mesh()
-  state = train.replicate(jax.device_get(train.init_train_state(config, model, tx)), mesh)
-  p_step = train.pmap_train_step(train.make_train_step(config, model, schedule, tx), mesh)
-  batches = input_pipeline.create_train_iterator(config.data, global_batch_size=16, seed=0)
+  mesh = parallel.make_mesh()
+  state = parallel.replicate(jax.device_get(experiment.init_train_state(config, model, tx)), mesh)
+  p_step = train.pmap_train_step(train.make_train_step(config, model, diffusion_, tx), mesh)
+  batches = input_pipeline.create_train_iterator(
+      config.data, layout=parallel.batch_layout(16, mesh), seed=0)
   for _ in range(3):
-    state, metrics = p_step(state, train.shard(next(batches), mesh))
+    state, metrics = p_step(state, parallel.shard(next(batches), mesh))
     m = {k: float(np.asarray(v)[0]) for k, v in metrics.items()}
     assert all(np.isfinite(v) for v in m.values()), m
     # L_hybrid = L_simple + L_vlb term (lambda = 0.001 at T = 1000 is inside `vb`).
     assert m["mse"] > 0.05 and m["vb"] > 0.0, m
     np.testing.assert_allclose(m["loss"], m["mse"] + m["vb"], rtol=1e-5)
-  assert int(train.unreplicate(state.step)) == 3
+  assert int(parallel.unreplicate(state.step)) == 3
 
 
 def _improved_diffusion_grid(num_timesteps: int, count: int) -> list[int]:
@@ -153,7 +155,7 @@ def test_learned_range_model_on_a_50_step_respaced_schedule():
 
 def test_learned_range_unet_samples_through_the_dispatch():
   config = _tiny_digits_hybrid()
-  model, schedule = train.create_model(config), train.create_schedule(config)
+  model, schedule = experiment.create_model(config), experiment.create_schedule(config)
   params = jax.jit(lambda k: model.init(k, jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,), jnp.int32),
                                         train=False)["params"])(jax.random.PRNGKey(0))
   model_fn = lambda x, t: model.apply({"params": params}, x, t, train=False)

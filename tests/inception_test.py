@@ -14,6 +14,7 @@ import types
 
 import jax
 import numpy as np
+from flax import traverse_util
 import pytest
 
 from diffusion_jax.evaluation import inception
@@ -144,10 +145,10 @@ def test_weight_files_roundtrip_and_errors(tmp_path, torch_model):
   inception._main(["--convert", pth, npz])
   v_npz, info_npz = inception.load_inception_params(npz)
   assert info_npz["source_sha256"] == info["sha256"]
-  flat_a = inception._flatten(v_pth)
-  flat_b = inception._flatten(v_npz)
+  flat_a = traverse_util.flatten_dict(v_pth)
+  flat_b = traverse_util.flatten_dict(v_npz)
   assert flat_a.keys() == flat_b.keys() and len(flat_a) == len(
-      inception._flatten(inception.variable_shapes()))
+      traverse_util.flatten_dict(inception.variable_shapes()))
   for k in flat_a:
     np.testing.assert_array_equal(flat_a[k], flat_b[k])
   # The layout conversion: torch conv [O, I, kh, kw] -> flax [kh, kw, I, O]; fc transposed.

@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from diffusion_jax import input_pipeline
+from diffusion_jax import input_pipeline, parallel
 from diffusion_jax.datasets.digits import digits_arrays
 
 
@@ -36,9 +36,16 @@ def _take(it, n):
   return [next(it) for _ in range(n)]
 
 
+def _layout(global_size, processes=1, index=0):
+  """This (simulated) process' rows of the global batch, 8 local devices."""
+  local = global_size // processes
+  return parallel.BatchLayout(global_size=global_size, offset=index * local, local_devices=8,
+                              per_device=local // 8)
+
+
 def test_train_shapes_dtypes_and_exact_scaling(digits):
   assert jax.local_device_count() == 8
-  it = input_pipeline.create_train_iterator(digits, global_batch_size=64, seed=0)
+  it = input_pipeline.create_train_iterator(digits, layout=_layout(64), seed=0)
   batches = _take(it, 3)
   raw, raw_labels = _raw_model_range("train")
   known = {(x.tobytes(), int(y)) for x, y in zip(raw, raw_labels)}
@@ -52,7 +59,7 @@ def test_train_shapes_dtypes_and_exact_scaling(digits):
 
 
 def test_eval_covers_every_example_once_with_mask(digits):
-  batches = list(input_pipeline.create_eval_iterator(digits, global_batch_size=64))
+  batches = list(input_pipeline.create_eval_iterator(digits, local_batch_shape=(8, 8)))
   assert len(batches) == 6  # ceil(355 / 64)
   for b in batches:
     assert b["image"].shape == (8, 8, 8, 8, 1)
@@ -69,41 +76,59 @@ def test_eval_covers_every_example_once_with_mask(digits):
 
 
 def test_eval_split_override_and_bad_split(digits):
-  batches = list(input_pipeline.create_eval_iterator(digits, global_batch_size=16,
+  batches = list(input_pipeline.create_eval_iterator(digits, local_batch_shape=(8, 2),
                                                      split="train[:40]"))
   assert sum(int(b["mask"].sum()) for b in batches) == 40 and len(batches) == 3
   with pytest.raises(ValueError, match="`data.eval_split`"):
     input_pipeline.create_eval_iterator(_config(data_dir=digits.data_dir,
-                                                eval_split="validation"), global_batch_size=8)
+                                                eval_split="validation"), local_batch_shape=(8, 1))
 
 
 def test_global_batch_is_split_over_processes(digits, monkeypatch):
-  """Two simulated processes: half the global batch each, disjoint halves of the eval split."""
+  """Two simulated processes: each holds its rows of the same global batch (training) and a
+  disjoint half of the eval split."""
+  whole = next(input_pipeline.create_train_iterator(digits, layout=_layout(32), seed=0))
   monkeypatch.setattr(jax, "process_count", lambda: 2)
-  seen = []
+  seen, halves = [], []
   for index in (0, 1):
     monkeypatch.setattr(jax, "process_index", lambda index=index: index)
-    b = next(input_pipeline.create_train_iterator(digits, global_batch_size=32, seed=0))
+    b = next(input_pipeline.create_train_iterator(digits, layout=_layout(32, 2, index), seed=0))
     assert b["image"].shape == (8, 2, 8, 8, 1)
-    batches = list(input_pipeline.create_eval_iterator(digits, global_batch_size=32))
+    halves.append(b["image"])
+    batches = list(input_pipeline.create_eval_iterator(digits, local_batch_shape=(8, 2)))
     # 355 = 178 + 177 examples; both processes yield ceil(178 / 16) = 12 batches.
     assert len(batches) == 12
     mask = np.concatenate([e["mask"].reshape(-1) for e in batches])
     imgs = np.concatenate([e["image"].reshape(-1, 64) for e in batches])[mask]
     seen.append(imgs)
+  # The global batch does not depend on how many processes share it.
+  np.testing.assert_array_equal(np.concatenate([h.reshape(-1, 8, 8, 1) for h in halves]),
+                                whole["image"].reshape(-1, 8, 8, 1))
   assert [len(s) for s in seen] == [178, 177]
   raw, _ = _raw_model_range("test")
-  np.testing.assert_array_equal(np.concatenate(seen), raw.reshape(-1, 64))
-
-
 def test_same_seed_same_order_other_seed_differs(digits):
-  a = _take(input_pipeline.create_train_iterator(digits, global_batch_size=16, seed=3), 4)
-  b = _take(input_pipeline.create_train_iterator(digits, global_batch_size=16, seed=3), 4)
-  c = _take(input_pipeline.create_train_iterator(digits, global_batch_size=16, seed=4), 4)
+  a = _take(input_pipeline.create_train_iterator(digits, layout=_layout(16), seed=3), 4)
+  b = _take(input_pipeline.create_train_iterator(digits, layout=_layout(16), seed=3), 4)
+  c = _take(input_pipeline.create_train_iterator(digits, layout=_layout(16), seed=4), 4)
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x["image"], y["image"])
     np.testing.assert_array_equal(x["label"], y["label"])
   assert not np.array_equal(a[0]["image"], c[0]["image"])
+  # Step s's batch is a pure function of (seed, s): resuming at step 2 gives steps 2 and 3,
+  # also across the epoch boundary (1442 // 16 = 90 steps per epoch).
+  resumed = _take(input_pipeline.create_train_iterator(digits, layout=_layout(16), seed=3,
+                                                       start_step=2), 2)
+  for x, y in zip(resumed, a[2:]):
+    np.testing.assert_array_equal(x["image"], y["image"])
+  long = _take(input_pipeline.create_train_iterator(digits, layout=_layout(16), seed=3), 92)
+  late = _take(input_pipeline.create_train_iterator(digits, layout=_layout(16), seed=3,
+                                                    start_step=89), 3)
+  for x, y in zip(late, long[89:]):
+    np.testing.assert_array_equal(x["image"], y["image"])
+  # One epoch visits the split without replacement (its last 1442 - 1440 examples are dropped).
+  epoch = {x.tobytes() for b in long[:90] for x in b["image"].reshape(-1, 8, 8, 1)}
+  split = {x.tobytes() for x in _raw_model_range("train")[0]}
+  assert len(split) - 2 <= len(epoch) <= len(split)
 
 
 def test_random_flip(digits):
@@ -113,7 +138,7 @@ def test_random_flip(digits):
   counts = {}
   for flip in (False, True):
     cfg = _config(data_dir=digits.data_dir, random_flip=flip)
-    batches = _take(input_pipeline.create_train_iterator(cfg, global_batch_size=64, seed=1), 4)
+    batches = _take(input_pipeline.create_train_iterator(cfg, layout=_layout(64), seed=1), 4)
     images = np.concatenate([b["image"].reshape(-1, 8, 8, 1) for b in batches])
     only_plain = sum(x.tobytes() in plain and x.tobytes() not in mirrored for x in images)
     only_mirror = sum(x.tobytes() in mirrored and x.tobytes() not in plain for x in images)
@@ -126,31 +151,18 @@ def test_random_flip(digits):
 
 def test_resize_to_image_size_stays_on_uint8_grid(digits):
   cfg = _config(data_dir=digits.data_dir, image_size=16)
-  b = next(input_pipeline.create_train_iterator(cfg, global_batch_size=16, seed=0))
+  b = next(input_pipeline.create_train_iterator(cfg, layout=_layout(16), seed=0))
   assert b["image"].shape == (8, 2, 16, 16, 1)
   u = (b["image"] + 1.0) * 127.5
   np.testing.assert_allclose(u, np.round(u), atol=1e-4)
   assert b["image"].min() >= -1.0 and b["image"].max() <= 1.0
 
 
-def test_batch_size_errors_name_the_field(digits):
-  with pytest.raises(ValueError, match=r"`training.batch_size`=12 .* divisible"):
-    input_pipeline.create_train_iterator(digits, global_batch_size=12, seed=0)
-  with pytest.raises(ValueError, match="`training.batch_size`"):
-    input_pipeline.create_eval_iterator(digits, global_batch_size=0)
-
-
-@pytest.mark.parametrize("overrides,field", [
-    (dict(dataset="imagenet"), "data.dataset"),
-    (dict(image_size=0), "data.image_size"),
-    (dict(num_channels=3), "data.num_channels"),
-])
-def test_bad_config_errors_name_the_field(digits, overrides, field):
-  cfg = _config(data_dir=digits.data_dir, **overrides)
-  with pytest.raises(ValueError, match=f"`{field}`") as e:
-    input_pipeline.create_train_iterator(cfg, global_batch_size=8, seed=0)
-  if field == "data.dataset":
-    assert "digits, cifar10" in str(e.value) and "folder" in str(e.value)
+def test_channel_mismatch_names_the_field(digits):
+  # (Batch sizes, data set names and image sizes are checked once, by config_validation.)
+  cfg = _config(data_dir=digits.data_dir, num_channels=3)
+  with pytest.raises(ValueError, match="`data.num_channels`"):
+    input_pipeline.create_train_iterator(cfg, layout=_layout(8), seed=0)
 
 
 @pytest.mark.parametrize("name,hint", [
@@ -159,26 +171,28 @@ def test_bad_config_errors_name_the_field(digits, overrides, field):
     ("celeb_a_hq/256", "--manual_dir=MANUAL_DIR"),
 ])
 def test_unprepared_tfds_dataset_says_how_to_get_it(tmp_path, name, hint):
-  cfg = _config(dataset=name, image_size=32, num_channels=3, data_dir=str(tmp_path))
+  cfg = _config(dataset=name, image_size=32, num_channels=3, data_dir=str(tmp_path),
+                download=False)
   with pytest.raises(FileNotFoundError) as e:
-    input_pipeline.create_train_iterator(cfg, global_batch_size=8, seed=0)
+    input_pipeline.create_train_iterator(cfg, layout=_layout(8), seed=0)
   msg = str(e.value)
-  assert hint in msg and "`data.data_dir`" in msg and "never downloads" in msg
+  assert hint in msg and "`data.data_dir`" in msg and "data.download=False" in msg
   assert not any(tmp_path.iterdir())  # nothing was downloaded or written
 
 
 def test_cifar10_through_mock_data():
-  cfg = _config(dataset="cifar10", image_size=32, num_channels=3, random_flip=True)
+  cfg = _config(dataset="cifar10", image_size=32, num_channels=3, random_flip=True,
+                download=False)  # mock_data stands for data prepared elsewhere
   with tfds.testing.mock_data(num_examples=20):
-    b = next(input_pipeline.create_train_iterator(cfg, global_batch_size=16, seed=0))
+    b = next(input_pipeline.create_train_iterator(cfg, layout=_layout(16), seed=0))
     assert b["image"].shape == (8, 2, 32, 32, 3) and b["image"].dtype == np.float32
     assert b["label"].shape == (8, 2) and b["label"].min() >= 0 and b["label"].max() < 10
     assert -1.0 <= b["image"].min() and b["image"].max() <= 1.0
-    batches = list(input_pipeline.create_eval_iterator(cfg, global_batch_size=16))
+    batches = list(input_pipeline.create_eval_iterator(cfg, local_batch_shape=(8, 2)))
     assert len(batches) == 2 and sum(int(e["mask"].sum()) for e in batches) == 20
     with pytest.raises(ValueError, match="`data.num_channels`=1"):
-      input_pipeline.create_train_iterator(_config(dataset="cifar10", image_size=32),
-                                           global_batch_size=16, seed=0)
+      input_pipeline.create_train_iterator(_config(dataset="cifar10", image_size=32, download=False),
+                                           layout=_layout(16), seed=0)
 
 
 @pytest.fixture()
@@ -209,7 +223,7 @@ def test_folder_split_rule_and_eval_covers_all(folder):
   train = input_pipeline.folder_split_files(cfg, "train")
   expected_test = sorted(f for f in colours if zlib.crc32(f.encode()) % 10 == 0)
   assert test == expected_test and sorted(train + test) == sorted(colours)
-  batches = list(input_pipeline.create_eval_iterator(cfg, global_batch_size=16, split="all"))
+  batches = list(input_pipeline.create_eval_iterator(cfg, local_batch_shape=(8, 2), split="all"))
   mask = np.concatenate([b["mask"].reshape(-1) for b in batches])
   images = np.concatenate([b["image"].reshape(-1, 8, 8, 3) for b in batches])[mask]
   assert images.shape == (24, 8, 8, 3)
@@ -222,7 +236,7 @@ def test_folder_train_iterator(folder):
   root, _ = folder
   cfg = _config(dataset="folder", data_dir=str(root), num_channels=3, image_size=4,
                 random_flip=True)
-  b = next(input_pipeline.create_train_iterator(cfg, global_batch_size=16, seed=0))
+  b = next(input_pipeline.create_train_iterator(cfg, layout=_layout(16), seed=0))
   assert b["image"].shape == (8, 2, 4, 4, 3) and b["label"].shape == (8, 2)
   assert not b["label"].any()  # folders have no labels
 
@@ -240,7 +254,7 @@ def test_folder_errors_name_the_field(folder, tmp_path_factory):
     fields = dict(dataset="folder", data_dir=str(root), num_channels=3, image_size=8)
     fields.update(overrides)
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
-      input_pipeline.create_train_iterator(_config(**fields), global_batch_size=8, seed=0)
+      input_pipeline.create_train_iterator(_config(**fields), layout=_layout(8), seed=0)
 
 
 def test_uneven_process_parts_yield_the_same_number_of_batches(digits, monkeypatch):
@@ -249,7 +263,7 @@ def test_uneven_process_parts_yield_the_same_number_of_batches(digits, monkeypat
   counts = []
   for index in (0, 1):
     monkeypatch.setattr(jax, "process_index", lambda index=index: index)
-    batches = list(input_pipeline.create_eval_iterator(digits, global_batch_size=32,
+    batches = list(input_pipeline.create_eval_iterator(digits, local_batch_shape=(8, 2),
                                                        split="test[:33]"))
     assert len(batches) == 2
     counts.append([int(b["mask"].sum()) for b in batches])
@@ -262,6 +276,6 @@ def test_folder_center_crop(tmp_path):
   pixels[:, 4:12] = 255
   Image.fromarray(pixels, mode="L").save(tmp_path / "x.png")
   cfg = _config(dataset="folder", data_dir=str(tmp_path), num_channels=1, image_size=8)
-  (b,) = list(input_pipeline.create_eval_iterator(cfg, global_batch_size=8, split="all"))
+  (b,) = list(input_pipeline.create_eval_iterator(cfg, local_batch_shape=(8, 1), split="all"))
   assert b["mask"].sum() == 1
   np.testing.assert_array_equal(b["image"][0, 0], np.ones((8, 8, 1), np.float32))

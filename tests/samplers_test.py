@@ -43,18 +43,24 @@ def test_every_name_reaches_its_sampler_with_the_options(monkeypatch):
       "analytic_ddim": ("analytic", dict(ms_eps=ms, num_steps=10, spacing="quadratic", eta=0.0,
                                          clip_last_steps=2)),
   }
+  dpm_options = dict(order=3, method="singlestep", time_grid="karras", final_step="sigma_min",
+                     lower_order_final=False, integer_timesteps=True)
+  options = {"ancestral": {}, "ddim": dict(spacing="quadratic", eta=0.5),
+             "dpm_solver": dpm_options, "dpm_solver++": dpm_options,
+             "analytic_ddpm": dict(spacing="quadratic", clip_last_steps=2, ms_eps=ms),
+             "analytic_ddim": dict(spacing="quadratic", clip_last_steps=2, ms_eps=ms)}
+  thresholds = dict(dynamic_thresholding_ratio=0.995, sample_max_value=1.0)  # the defaults
   assert set(expected) == set(samplers.SAMPLERS)
   for name, (fn, kwargs) in expected.items():
     calls.clear()
     out = samplers.sample(eps_fn, sched, SHAPE, jax.random.PRNGKey(0), sampler=name,
-                          num_steps=None if name == "ancestral" else 10, eta=0.5, mean_type="v",
-                          var_type="fixedsmall", clip_denoised=False, spacing="quadratic",
-                          solver_order=3, solver_method="singlestep", time_grid="karras",
-                          final_step="sigma_min", lower_order_final=False, integer_timesteps=True,
-                          ms_eps=ms, analytic_clip_last_steps=2)
+                          num_steps=None if name == "ancestral" else 10, mean_type="v",
+                          var_type="fixedsmall", clip_denoised=False, **options[name])
     assert out == fn and len(calls) == 1, name
     _, args, got = calls[0]
     assert args[1] is sched and args[2] == SHAPE, name
+    if fn == "dpm":
+      kwargs = {**kwargs, **thresholds}
     assert got == {**kwargs, **common}, (name, got)
 
 
@@ -62,7 +68,7 @@ def test_real_runs_match_the_direct_calls():
   sched, eps_fn = _setup()
   key = jax.random.PRNGKey(1)
   got, traj = samplers.sample(eps_fn, sched, SHAPE, key, sampler="dpm_solver++", num_steps=7,
-                              solver_method="singlestep", time_grid="karras", integer_timesteps=True,
+                              method="singlestep", time_grid="karras", integer_timesteps=True,
                               return_trajectory=True)
   expected = dpm_solver.dpm_solver_sample(eps_fn, sched, SHAPE, key, num_steps=7, method="singlestep",
                                           time_grid="karras", clip_denoised=True, integer_timesteps=True)

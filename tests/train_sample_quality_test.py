@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from diffusion_jax import train, train_state
+from diffusion_jax import experiment, inference, train_state
 from diffusion_jax.evaluation import inception, metrics, sample_quality
 
 
@@ -32,8 +32,8 @@ class _ProjectionExtractor:
 
 
 def _ema_params(config):
-  model = train.create_model(config)
-  return train.init_train_state(config, model, train_state.make_optimizer(config)).ema_params
+  model = experiment.create_model(config)
+  return experiment.init_train_state(config, model, train_state.make_optimizer(config)).ema_params
 
 
 @pytest.mark.slow
@@ -57,7 +57,7 @@ def test_fid_evaluation_through_the_trainer(tmp_path, monkeypatch):
   config.sampling.sampler = "ddim"
   config.sampling.num_steps = 5
   workdir = str(tmp_path / "run")
-  result = train.evaluate_sample_quality(config, workdir, _ema_params(config), step=7)["fid"]
+  result = inference.evaluate_sample_quality(config, workdir, _ema_params(config), step=7)["fid"]
   with open(os.path.join(workdir, "eval", "fid_7.json")) as f:
     written = json.load(f)
   assert written["fid"] == pytest.approx(result["fid"])
@@ -79,12 +79,13 @@ def test_analytic_dpm_sampling_through_the_trainer(tmp_path):
   config = tiny.get_config()
   config.sampling.sampler = "analytic_ddpm"
   config.sampling.num_steps = 5
-  config.sampling.analytic_num_samples = 32
+  config.sampling.analytic.num_samples = 32
   config.training.sample_every_steps = 0
   params = _ema_params(config)
-  ms_eps = train.analytic_ms_eps(config, train.create_model(config), train.create_schedule(config), params)
+  ms_eps = inference.prepare_sampler(config, experiment.create_model(config),
+                                    experiment.create_diffusion(config), params)["ms_eps"]
   assert ms_eps.shape == (config.diffusion.num_timesteps,) and np.all(np.isfinite(ms_eps)) and np.all(ms_eps > 0)
-  result = train.evaluate_sample_quality(config, str(tmp_path), params, step=1)
+  result = inference.evaluate_sample_quality(config, str(tmp_path), params, step=1)["digits"]
   assert np.isfinite(result["digits_fd"]) and result["num_samples"] == 64
   assert result["protocol"]["sampler"] == "analytic_ddpm"
 

@@ -15,7 +15,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import tiny
-from diffusion_jax import checkpointing, input_pipeline, train, train_state
+from diffusion_jax import checkpointing, experiment, inference, input_pipeline, parallel, train
+from diffusion_jax import train_state
 
 
 def _batch(global_batch: int, num_devices: int, seed: int = 0) -> dict:
@@ -28,32 +29,32 @@ def _batch(global_batch: int, num_devices: int, seed: int = 0) -> dict:
 class _Setup:
   """One model/optimizer/initial state and one pmapped step per device count, compiled once."""
 
-  def __init__(self):
-    self.config = tiny.get_config()
-    self.model = train.create_model(self.config)
-    self.schedule = train.create_schedule(self.config)
+  def __init__(self, config=None):
+    self.config = config or tiny.get_config()
+    self.model = experiment.create_model(self.config)
+    self.diffusion = experiment.create_diffusion(self.config)
     self.tx = train_state.make_optimizer(self.config)
-    self.host_state = jax.device_get(train.init_train_state(self.config, self.model, self.tx))
+    self.host_state = jax.device_get(experiment.init_train_state(self.config, self.model, self.tx))
     self._steps = {}
 
   def step_fn(self, num_devices: int):
     if num_devices not in self._steps:
-      mesh = train.make_mesh(jax.local_devices()[:num_devices])
+      mesh = parallel.make_mesh(jax.local_devices()[:num_devices])
       # Wrapped before pmap: any retrace of the per-device step fails the test.
       step = chex.assert_max_traces(
-          train.make_train_step(self.config, self.model, self.schedule, self.tx), n=1)
+          train.make_train_step(self.config, self.model, self.diffusion, self.tx), n=1)
       self._steps[num_devices] = (mesh, train.pmap_train_step(step, mesh))
     return self._steps[num_devices]
 
   def run(self, num_devices: int, num_steps: int, global_batch: int = 16):
     mesh, p_step = self.step_fn(num_devices)
-    state = train.replicate(self.host_state, mesh)
+    state = parallel.replicate(self.host_state, mesh)
     losses, self.params_trajectory = [], []
     for i in range(num_steps):
-      state, metrics = p_step(state, train.shard(_batch(global_batch, num_devices, i), mesh))
+      state, metrics = p_step(state, parallel.shard(_batch(global_batch, num_devices, i), mesh))
       losses.append(np.asarray(metrics["loss"]))
-      self.params_trajectory.append(train.unreplicate(state.params))
-    return train.unreplicate(state), np.stack(losses)
+      self.params_trajectory.append(parallel.unreplicate(state.params))
+    return parallel.unreplicate(state), np.stack(losses)
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +89,34 @@ def test_one_device_equals_eight_devices(setup):
   chex.assert_trees_all_close(state1.ema_params, state8.ema_params, rtol=1e-4, atol=2e-6)
 
 
+@pytest.mark.slow
+def test_one_device_equals_eight_with_dropout_and_importance_sampling():
+  """Per-example dropout masks and timesteps come from the global example index: the same
+  update on 1 or 8 devices with dropout 0.1 and importance-sampled t (history warmed up)."""
+  config = tiny.get_config()
+  config.model.dropout = 0.1
+  config.training.timestep_sampler = "loss_second_moment"
+  setup = _Setup(config)
+  history = setup.host_state.loss_history
+  rng = np.random.default_rng(0)
+  warm = history.replace(losses=rng.uniform(0.1, 2.0, history.losses.shape).astype(np.float32),
+                         counts=np.full_like(history.counts, history.history_per_term))
+  setup.host_state = setup.host_state.replace(loss_history=warm)
+  state8, losses8 = setup.run(8, 3)
+  state1, losses1 = setup.run(1, 3)
+  np.testing.assert_allclose(losses1[:, 0], losses8[:, 0], rtol=2e-5)
+  chex.assert_trees_all_close(state1.params, state8.params, rtol=1e-4, atol=2e-6)
+  chex.assert_trees_all_close(state1.loss_history, state8.loss_history, rtol=1e-5, atol=1e-7)
+  assert not np.allclose(state8.loss_history.losses, warm.losses)  # the history was updated
+  # Dropout is really on: the same steps without it end elsewhere.
+  config0 = tiny.get_config()
+  config0.training.timestep_sampler = "loss_second_moment"
+  plain = _Setup(config0)
+  plain.host_state = plain.host_state.replace(loss_history=warm)
+  state0, _ = plain.run(1, 3)
+  assert not np.allclose(state0.params["conv_out"]["kernel"], state1.params["conv_out"]["kernel"])
+
+
 def _files(root):
   return sorted(os.path.relpath(os.path.join(d, f), root)
                 for d, _, fs in os.walk(root) for f in fs)
@@ -115,11 +144,11 @@ def test_train_sample_eval_end_to_end_on_digits(tmp_path):
   again = train.train_and_evaluate(config, workdir)
   chex.assert_trees_all_equal(again, state)
 
-  out = train.sample(config, workdir)
+  out = inference.sample(config, workdir)
   with np.load(os.path.join(out, "samples.npz")) as data:
     assert data["images"].shape == (16, 8, 8, 1) and data["images"].dtype == np.uint8
   assert os.path.exists(os.path.join(out, "samples.png"))
-  result = train.evaluate(config, workdir)
+  result = inference.evaluate(config, workdir)
   assert result["num_examples"] == 32 and result["step"] == 20
   # An untrained-ish model on 8-bit data: a finite bound well above 0 and below 8 + prior.
   assert 0.5 < result["total_bpd"] < 20
@@ -134,6 +163,7 @@ def test_end_to_end_on_mock_cifar10(tmp_path, monkeypatch):
                       functools.partial(checkpointing.create_manager, cleanup_tmp_directories=False))
   config = tiny.get_config()
   config.data.dataset = "cifar10"
+  config.data.download = False  # mock_data stands for data prepared elsewhere
   config.data.image_size = 32
   config.data.num_channels = 3
   config.data.random_flip = True
@@ -155,8 +185,8 @@ def test_non_finite_loss_stops_before_checkpoint(tmp_path, monkeypatch):
   """NaN images from step 13 on: the error names the step; no checkpoint after step 10."""
   real = input_pipeline.create_train_iterator
 
-  def poisoned(data_config, *, global_batch_size, seed):
-    it = real(data_config, global_batch_size=global_batch_size, seed=seed)
+  def poisoned(data_config, *, layout, seed, start_step=0):
+    it = real(data_config, layout=layout, seed=seed, start_step=start_step)
     for i, batch in enumerate(it):
       if i >= 12:
         batch["image"] = np.full_like(batch["image"], np.nan)

@@ -154,3 +154,43 @@ def digits_frechet_distance(samples, reference: Literal["train", "test"] = "test
   mu, sigma = _statistics(digits_features(samples))
   mu_ref, sigma_ref = reference_statistics(reference)
   return frechet_distance(mu, sigma, mu_ref, sigma_ref)
+
+
+def features_and_logits(images_u8: np.ndarray) -> dict:
+  """The scorer's feature extractor: uint8 [N, 8, 8, 1] -> {"features": [N, 64], "logits": [N, 10]}."""
+  logits, feats = digits_logits_and_features(np.asarray(images_u8, np.float32) / 127.5 - 1.0)
+  return {"features": feats, "logits": logits}
+
+
+def scorer(reference: Literal["train", "test"] = "test"):
+  """The digits Frechet distance as a `sample_quality.Scorer` (features, reference, names).
+
+  Its results are `digits_fd`, `digits_is` (the Inception-Score formula on the classifier's
+  10 logits) and precision/recall in the 64-d feature space against the real split.
+  """
+  from diffusion_jax.evaluation import sample_quality  # pylint: disable=g-import-not-at-top
+  if reference not in ("train", "test"):
+    raise ValueError(f"`reference` must be 'train' or 'test', got {reference!r}.")
+  real, _ = real_digits(reference)
+  real_features = digits_features(real)
+  mu, sigma = reference_statistics(reference)
+  weights_sha = sample_quality.inception.file_sha256(WEIGHTS_PATH)
+  ref = sample_quality.ReferenceStats(
+      mu, sigma, real_features,
+      {"source": "scikit-learn digits (diffusion_jax.datasets.digits)", "split": reference,
+       "num_images": int(real.shape[0]), "image_shape": [8, 8, 1]},
+      path=f"digits:{reference}", sha256=weights_sha)
+
+  def check_shape(shape):
+    if tuple(shape) != (8, 8, 1):
+      raise ValueError(f"the digits scorer needs [8, 8, 1] samples, got {list(shape)}; it only "
+                       "applies to data.dataset='digits' at image_size 8.")
+
+  protocol = {"features": {"network": "fixed digits CNN classifier (digits_fd.py)",
+                           "weights": os.path.basename(WEIGHTS_PATH), "weights_sha256": weights_sha,
+                           "fd_feature": f"penultimate ReLU [{FEATURE_DIM}]",
+                           "is_feature": "class logits [10]", "input": "uint8 / 127.5 - 1"}}
+  return sample_quality.Scorer(name="digits", label="digits Frechet distance",
+                               features=features_and_logits, feature_dim=FEATURE_DIM,
+                               reference=ref, fd_key="digits_fd", is_key="digits_is",
+                               protocol=protocol, check_shape=check_shape)

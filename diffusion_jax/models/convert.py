@@ -264,6 +264,47 @@ def unet_kwargs_from_diffusers_config(config: Mapping[str, Any]) -> dict[str, An
   )
 
 
+def diffusers_config(model: Any, *, sample_size: int, in_channels: int) -> dict[str, Any]:
+  """The diffusers `UNet2DModel(**config)` arguments of our `UNet` layout (no torch import).
+
+  The inverse of `unet_kwargs_from_diffusers_config`: `UNet2DModel(**diffusers_config(m, ...))`
+  computes the same function as `m` once its weights are converted with `from_diffusers`
+  (the PyTorch peer of a config, e.g. for benchmarks). Raises ValueError for layouts diffusers
+  cannot express (1/sqrt(2) residual scaling, several heads by count, no resampling convs).
+  """
+  def require(cond: bool, what: str) -> None:
+    if not cond:
+      raise ValueError(f"UNet field {what} has no UNet2DModel equivalent.")
+
+  require(not model.skip_rescale, "skip_rescale=True")
+  require(model.resamp_with_conv, "resamp_with_conv=False")
+  heads_by_width = model.num_head_channels not in (None, -1)
+  require(heads_by_width or model.num_heads == 1, f"num_heads={model.num_heads}")
+  num_levels = len(model.ch_mult)
+  attn = [sample_size // 2 ** i in model.attn_resolutions for i in range(num_levels)]
+  down = "ResnetDownsampleBlock2D" if model.resblock_updown else "DownBlock2D"
+  up = "ResnetUpsampleBlock2D" if model.resblock_updown else "UpBlock2D"
+  config = dict(
+      sample_size=sample_size, in_channels=in_channels,
+      out_channels=model.out_ch or in_channels,
+      block_out_channels=tuple(model.ch * m for m in model.ch_mult),
+      down_block_types=tuple("AttnDownBlock2D" if a else down for a in attn),
+      up_block_types=tuple("AttnUpBlock2D" if a else up for a in reversed(attn)),
+      layers_per_block=model.num_res_blocks,
+      attention_head_dim=int(model.num_head_channels) if heads_by_width else None,
+      norm_eps=model.norm_eps, norm_num_groups=model.norm_groups, dropout=model.dropout,
+      flip_sin_to_cos=model.temb_convention == "improved",
+      freq_shift=1 if model.temb_convention == "ddpm" else 0,
+      downsample_padding=model.downsample_padding,
+      resnet_time_scale_shift="scale_shift" if model.use_scale_shift_norm else "default",
+      num_class_embeds=model.num_classes or None)
+  if model.use_scale_shift_norm:
+    config["attn_norm_num_groups"] = model.norm_groups
+  if model.resblock_updown:
+    config.update(downsample_type="resnet", upsample_type="resnet")
+  return config
+
+
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
   """Reads `.safetensors` (needs `safetensors`) or `.bin`/`.pt` (needs torch) into numpy."""
   if path.endswith(".safetensors"):

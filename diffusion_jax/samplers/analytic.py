@@ -29,7 +29,7 @@ import numpy as np
 
 from diffusion_jax import diffusion
 from diffusion_jax.diffusion import MeanType, VarType, check_option
-from diffusion_jax.samplers import ddim, grids
+from diffusion_jax.samplers import ddim, grids, registry
 from diffusion_jax.schedules import DiffusionSchedule, extract, model_timesteps
 
 ModelFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
@@ -179,3 +179,37 @@ def with_log_variance(model_fn: ModelFn, log_variance_by_t: np.ndarray, *,
     return jnp.concatenate([mean_part, log_var], axis=-1)
 
   return wrapped
+
+
+def prepare_eps_mean_square(model_fn: ModelFn, schedule: DiffusionSchedule, key: jax.Array,
+                            load_images: Callable[[int], np.ndarray], *, mean_type: MeanType,
+                            var_type: VarType, num_samples: int, **unused) -> dict:
+  """The registered prepare step: Gamma from `num_samples` training images (`eps_mean_square`)."""
+  del unused
+  return {"ms_eps": eps_mean_square(model_fn, schedule, jnp.asarray(load_images(num_samples)),
+                                    key, mean_type=mean_type, var_type=var_type)}
+
+
+_OPTIONS = (
+    registry.Option("spacing", "uniform", "integer step grid (grids.ddim_timesteps)",
+                    choices=grids.DDIM_SPACINGS),
+    registry.Option("clip_last_steps", 1, "clip sigma of this many final noisy steps (App. F); "
+                    "0 = off", minimum=0),
+    registry.Option("num_samples", 1024, "training images for the E||eps||^2 estimate", minimum=1),
+)
+
+
+def _register(name: str, eta: float, summary: str) -> None:
+
+  def run(model_fn, schedule, shape, key, *, ms_eps, num_samples, **options):
+    del num_samples  # used by the prepare step
+    return analytic_sample_loop(model_fn, schedule, shape, key, ms_eps=ms_eps, eta=eta, **options)
+
+  registry.register(registry.Sampler(
+      name=name, run=run, section="analytic", options=_OPTIONS, summary=summary,
+      prepare=prepare_eps_mean_square, prepared=("ms_eps",),
+      check=registry.at_most_num_timesteps))
+
+
+_register("analytic_ddpm", 1.0, "Analytic-DPM (Bao et al. 2022) optimal variance, DDPM-type process")
+_register("analytic_ddim", 0.0, "Analytic-DPM (Bao et al. 2022) optimal variance, DDIM-type process")

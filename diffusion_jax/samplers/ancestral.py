@@ -8,8 +8,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax import diffusion
+from diffusion_jax import diffusion, schedules
 from diffusion_jax.diffusion import MeanType, VarType, check_option
+from diffusion_jax.samplers import registry
 from diffusion_jax.schedules import DiffusionSchedule, model_timesteps
 
 ModelFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
@@ -77,3 +78,19 @@ def p_sample_loop(model_fn: ModelFn, schedule: DiffusionSchedule, shape: Sequenc
   steps = jnp.arange(schedule.num_timesteps - 1, -1, -1, dtype=jnp.int32)
   x_0, trajectory = jax.lax.scan(step, x_T, steps)
   return (x_0, trajectory) if return_trajectory else x_0
+
+
+def _run(model_fn: ModelFn, schedule: DiffusionSchedule, shape: Sequence[int], key: jax.Array, *,
+         num_steps: int | None, **common):
+  """The registered sampler: the full chain, or the respaced one on `num_steps` evenly spaced
+  steps (Improved DDPM Sec. 4; the model still sees the original timesteps)."""
+  if num_steps is not None and num_steps != schedule.num_timesteps:
+    kept = schedules.space_timesteps(schedule.num_timesteps, [num_steps])
+    schedule, _ = schedules.respace(schedule, kept)
+  return p_sample_loop(model_fn, schedule, shape, key, **common)
+
+
+registry.register(registry.Sampler(
+    name="ancestral", run=_run, check=registry.at_most_num_timesteps,
+    summary="DDPM Algorithm 2; respaced to num_steps evenly spaced steps when fewer than T "
+            "(Improved DDPM Sec. 4)"))

@@ -7,7 +7,7 @@ Eq. 12 with abar = abar_{tau_i}, abar_prev = abar_{tau_{i-1}} (and abar_prev = 1
   sigma = eta sqrt((1 - abar_prev) / (1 - abar)) sqrt(1 - abar / abar_prev)      (Eq. 16)
 
 x0_hat is the model's estimate of x_0 (clipped to [-1, 1] when asked) and eps_hat is re-derived
-from it, so the step stays consistent with the clipped x0 (design.md section 3.7). The last step
+from it, so the step stays consistent with the clipped x0. The last step
 returns x0_hat. eta = 0 is the deterministic DDIM (the probability-flow ODE's Euler step in
 sigma/alpha); eta = 1 on the full grid is ancestral sampling with beta-tilde variances.
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from diffusion_jax import diffusion
 from diffusion_jax.diffusion import MeanType, VarType, check_option
-from diffusion_jax.samplers import grids
+from diffusion_jax.samplers import grids, registry
 from diffusion_jax.schedules import DiffusionSchedule, model_timesteps
 
 ModelFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
@@ -225,3 +225,19 @@ def slerp(z_0: jnp.ndarray, z_1: jnp.ndarray, alpha: jnp.ndarray | float) -> jnp
   w_1 = jnp.where(parallel, a, jnp.sin(a * theta) / safe_sin)
   expand = (batch,) + (1,) * (z_0.ndim - 1)
   return w_0.reshape(expand) * z_0 + w_1.reshape(expand) * z_1
+
+
+def _run(model_fn: ModelFn, schedule: DiffusionSchedule, shape: Sequence[int], key: jax.Array,
+         **options):
+  return ddim_sample_loop(model_fn, schedule, shape, key, **options)
+
+
+registry.register(registry.Sampler(
+    name="ddim", run=_run, check=registry.at_most_num_timesteps,
+    summary="DDIM (Song et al. 2021), Eq. 12 on an integer grid from T-1 to 0",
+    options=(
+        registry.Option("eta", 0.0, "stochasticity (Eq. 16): 0 deterministic, 1 DDPM-like",
+                        minimum=0.0),
+        registry.Option("spacing", "uniform", "integer step grid (grids.ddim_timesteps; karras: "
+                        "rho 7)", choices=grids.DDIM_SPACINGS),
+    )))

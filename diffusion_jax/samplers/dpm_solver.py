@@ -43,7 +43,7 @@ import numpy as np
 
 from diffusion_jax import diffusion
 from diffusion_jax.diffusion import MeanType, VarType, check_option
-from diffusion_jax.samplers import grids
+from diffusion_jax.samplers import grids, registry
 from diffusion_jax.samplers.ddim import Trajectory
 from diffusion_jax.schedules import DiffusionSchedule
 
@@ -272,11 +272,24 @@ def make_time_grid(schedule: DiffusionSchedule, num_steps: int, *, method: Metho
 
 
 def dynamic_threshold(x0: jnp.ndarray, ratio: float = 0.995, max_value: float = 1.0) -> jnp.ndarray:
-  """Imagen's dynamic thresholding (Saharia et al. 2022): s = clip(quantile_ratio(|x0|), 1, max_value)
-  per example, then x0 <- clip(x0, -s, s) / s. max_value = 1 is plain clipping to [-1, 1]."""
+  """Dynamic thresholding (Saharia et al. 2022; DPM-Solver++ Sec. 5), per example.
+
+  s = max(quantile_ratio(|x0|), max_value), then x0 <- clip(x0, -s, s) / s: where fewer than
+  (1 - ratio) of the pixels exceed max_value this is plain clipping to [-max_value, max_value]
+  divided by max_value; otherwise the prediction is clipped at its own quantile and rescaled
+  into [-1, 1]. (diffusers' `sample_max_value` instead caps s at max_value.)
+
+  Args:
+    x0: [B, ...] data predictions.
+    ratio: the quantile p of |x0| (0.995 in the papers).
+    max_value: the smallest threshold s (1 for data in [-1, 1]).
+
+  Returns:
+    [B, ...] thresholded x0.
+  """
   batch = x0.shape[0]
   s = jnp.quantile(jnp.abs(x0.reshape(batch, -1)), ratio, axis=1)
-  s = jnp.clip(s, 1.0, max_value).reshape((batch,) + (1,) * (x0.ndim - 1))
+  s = jnp.maximum(s, max_value).reshape((batch,) + (1,) * (x0.ndim - 1))
   return jnp.clip(x0, -s, s) / s
 
 
@@ -404,3 +417,45 @@ def dpm_solver_sample(model_fn: ModelFn, schedule: DiffusionSchedule, shape: Seq
     return x
   return x, Trajectory(x=jnp.concatenate([t[0] for t in trajectories]),
                        pred_x0=jnp.concatenate([t[1] for t in trajectories]))
+
+
+_OPTIONS = (
+    registry.Option("order", 2, "solver order", choices=(1, 2, 3)),
+    registry.Option("method", "multistep", "multistep (++(2M)/(3M)) or singlestep (DPM-Solver-2/3)",
+                    choices=METHODS),
+    registry.Option("time_grid", "logSNR", "continuous time grid (grids.continuous_timesteps)",
+                    choices=grids.TIME_GRIDS),
+    registry.Option("final_step", "zero", "last step: zero (x0 jump to sigma 0) or sigma_min "
+                    "(stop at step 0)", choices=grids.FINAL_STEPS),
+    registry.Option("lower_order_final", True, f"lower orders on the last steps when NFE < "
+                    f"{LOWER_ORDER_FINAL_BELOW}"),
+    registry.Option("integer_timesteps", False, "round the grid's points to integer steps"),
+    registry.Option("thresholding", False, "dynamic thresholding of x0 (dpm_solver++ only)"),
+    registry.Option("thresholding_ratio", 0.995, "quantile p of |x0| for thresholding",
+                    minimum=0.0, maximum=1.0),
+    registry.Option("thresholding_max_value", 1.0, "smallest threshold s for thresholding",
+                    minimum=0.0),
+)
+
+
+def _register(name: str, algorithm: Algorithm, summary: str) -> None:
+
+  def run(model_fn, schedule, shape, key, *, num_steps, final_step, thresholding_ratio,
+          thresholding_max_value, **options):
+    return dpm_solver_sample(
+        model_fn, schedule, shape, key, algorithm=algorithm,
+        num_steps=schedule.num_timesteps if num_steps is None else num_steps, final=final_step,
+        dynamic_thresholding_ratio=thresholding_ratio, sample_max_value=thresholding_max_value,
+        **options)
+
+  def check(options, num_steps, num_timesteps):
+    if options["thresholding"] and algorithm != "dpmsolver++":
+      return "thresholding=True acts on data predictions: use sampler 'dpm_solver++'."
+    return registry.at_most_num_timesteps(options, num_steps, num_timesteps)
+
+  registry.register(registry.Sampler(name=name, run=run, check=check, section="dpm_solver",
+                                     options=_OPTIONS, summary=summary))
+
+
+_register("dpm_solver", "dpmsolver", "DPM-Solver (Lu et al. 2022a), noise prediction, orders 1-3")
+_register("dpm_solver++", "dpmsolver++", "DPM-Solver++ (Lu et al. 2022b), data prediction, orders 1-3")

@@ -1,0 +1,277 @@
+"""Inference on a trained model: read-only restores, sampling, sample files, the sample/eval modes.
+
+Everything here reads a workdir's checkpoints without writing to `checkpoints/`
+(`checkpointing.restore_ema_params`): a sampling or evaluation job may run beside a live
+training run. Samplers come from the registry (`config.sampling.sampler` and its section
+`config.sampling.<section>`, passed through unchanged); a sampler's prepare step (Analytic-DPM's
+Gamma) runs once per restored model. Outputs:
+
+  samples/<step>/samples.npz, samples.png   --mode=sample (uint8 images [N, H, W, C], labels)
+  eval/bpd_<step>.json                      test-set bits/dim (DDPM Table 2)
+  eval/<score>_<step>.json (+ chunks)       sample quality (`evaluation.scorers`)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable, Optional
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from diffusion_jax import checkpointing, config_validation, diffusion, experiment, losses
+from diffusion_jax import modes, parallel, samplers, utils
+from diffusion_jax.models.model_fn import make_model_fn
+from diffusion_jax.samplers import registry
+
+PyTree = Any
+# (replicated params, key) -> (images float32 [batch, H, W, C] in [-1, 1], labels int32 [batch])
+SamplerFn = Callable[[PyTree, jax.Array], tuple[np.ndarray, np.ndarray]]
+
+
+def _load_train_images(config: ml_collections.ConfigDict) -> Callable[[int], np.ndarray]:
+  """n -> the first n images [n, H, W, C] of data.train_split, the same on every process."""
+
+  def load(n: int) -> np.ndarray:
+    from diffusion_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
+    images, _ = input_pipeline.load_split(config.data, config.data.train_split, limit=n)
+    return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+  return load
+
+
+def prepare_sampler(config: ml_collections.ConfigDict, model: nn.Module,
+                    diffusion_: diffusion.GaussianDiffusion, params: PyTree) -> dict:
+  """The configured sampler's once-per-model inputs (e.g. Analytic-DPM's ms_eps), or {}."""
+  spec = registry.get(config.sampling.sampler)
+  if spec.prepare is None:
+    return {}
+  if config.model.num_classes:
+    raise config_validation.ConfigError(
+        f"config.sampling.sampler={spec.name!r}: its prepare step supports unconditional models "
+        "only; set model.num_classes to None or choose another sampler.")
+  start = time.time()
+  prepared = samplers.prepare(make_model_fn(model, params), diffusion_.schedule,
+                              experiment.base_keys(config)["sample"],
+                              _load_train_images(config), sampler=spec.name,
+                              **diffusion_.parameterization,
+                              **registry.options_from_config(config.sampling))
+  logging.info("Prepared sampler %s (%s) in %.1fs.", spec.name, ", ".join(prepared),
+               time.time() - start)
+  return prepared
+
+
+def make_sampler(config: ml_collections.ConfigDict, model: nn.Module,
+                 diffusion_: diffusion.GaussianDiffusion, mesh: jax.sharding.Mesh,
+                 batch_size: int, prepared: Optional[dict] = None) -> SamplerFn:
+  """The configured sampler over the mesh: (replicated params, key) -> a global batch on host.
+
+  Device d draws from fold_in(key, d); class-conditional models get uniformly drawn labels.
+
+  Args:
+    config: the run config (sampling and model sections).
+    model: the U-Net.
+    diffusion_: the model's diffusion (`experiment.create_diffusion`).
+    mesh: from `parallel.make_mesh`.
+    batch_size: GLOBAL images per call (divisible by the mesh size).
+    prepared: the sampler's prepared inputs (`prepare_sampler`).
+  """
+  per_device = parallel.per_device(batch_size, mesh)
+  shape = (per_device, config.data.image_size, config.data.image_size, config.data.num_channels)
+  num_classes = config.model.num_classes
+  options = dict(sampler=config.sampling.sampler, num_steps=config.sampling.num_steps,
+                 clip_denoised=config.sampling.clip_denoised, **diffusion_.parameterization,
+                 **registry.options_from_config(config.sampling), **(prepared or {}))
+
+  def sample_on_device(params, key):
+    key = jax.random.fold_in(key, jax.lax.axis_index(parallel.AXIS))
+    label_key, key = jax.random.split(key)
+    labels = (jax.random.randint(label_key, (per_device,), 0, num_classes) if num_classes
+              else jnp.zeros((per_device,), jnp.int32))
+    model_fn = make_model_fn(model, params, labels=labels if num_classes else None)
+    return samplers.sample(model_fn, diffusion_.schedule, shape, key, **options), labels
+
+  p_sample = parallel.pmap(sample_on_device, mesh, in_axes=(0, None))
+
+  def run(params, key):
+    images, labels = parallel.gather(p_sample(params, key))
+    return images.reshape((-1,) + images.shape[2:]), labels.reshape(-1)
+
+  return run
+
+
+def generate(sampler: SamplerFn, params: PyTree, key: jax.Array,
+             num_samples: int) -> tuple[np.ndarray, np.ndarray]:
+  """Calls `sampler` with fold_in(key, i), i = 0, 1, ..., until `num_samples` images exist.
+
+  Returns:
+    (images uint8 [num_samples, H, W, C], labels int32 [num_samples]).
+  """
+  images, labels, count, i = [], [], 0, 0
+  while count < num_samples:
+    x, y = sampler(params, jax.random.fold_in(key, i))
+    images.append(utils.to_uint8(x))
+    labels.append(y)
+    count, i = count + len(x), i + 1
+  return np.concatenate(images)[:num_samples], np.concatenate(labels)[:num_samples]
+
+
+def write_samples(directory: str, images: np.ndarray, labels: np.ndarray, name: str = "samples",
+                  num_in_grid: int = 100) -> str:
+  """Writes <name>.npz (uint8 images [N, H, W, C], labels [N]) and <name>.png (a grid of the
+  first `num_in_grid`) in `directory`; returns the PNG's path."""
+  os.makedirs(directory, exist_ok=True)
+  np.savez(os.path.join(directory, f"{name}.npz"), images=images, labels=labels)
+  grid_path = os.path.join(directory, f"{name}.png")
+  utils.save_png(grid_path, utils.make_grid(images[:num_in_grid],
+                                            scale=utils.grid_scale(images.shape[1])))
+  return grid_path
+
+
+def restore(config: ml_collections.ConfigDict, workdir: str, step: Optional[int]
+            ) -> tuple[nn.Module, diffusion.GaussianDiffusion, PyTree, int]:
+  """Validates the config and reads a checkpoint's EMA parameters (read-only).
+
+  Returns:
+    (model, diffusion, EMA params on host, the checkpoint's step).
+  """
+  config_validation.validate_config(config, num_devices=jax.device_count())
+  params, step = checkpointing.restore_ema_params(workdir, step)
+  return experiment.create_model(config), experiment.create_diffusion(config), params, step
+
+
+@modes.register("sample", "write config.sampling.num_samples samples of a checkpoint")
+def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Writes config.sampling.num_samples samples of a checkpoint's EMA model.
+
+  Output: workdir/samples/<step>/samples.npz (uint8 images [N, H, W, C], labels [N]) and
+  samples.png (a grid of the first 100). Returns that directory.
+  """
+  model, diffusion_, params, step = restore(config, workdir, config.sampling.checkpoint_step)
+  mesh = parallel.make_mesh()
+  sampler = make_sampler(config, model, diffusion_, mesh, config.sampling.batch_size,
+                         prepare_sampler(config, model, diffusion_, params))
+  start = time.time()
+  images, labels = generate(sampler, parallel.replicate(params, mesh),
+                            jax.random.fold_in(experiment.base_keys(config)["sample"], 1),
+                            config.sampling.num_samples)
+  directory = os.path.join(workdir, "samples", str(step))
+  if jax.process_index() == 0:
+    write_samples(directory, images, labels)
+  logging.info("Wrote %d samples of step %d to %s in %.1fs.", len(images), step, directory,
+               time.time() - start)
+  return directory
+
+
+def evaluate_sample_quality(config: ml_collections.ConfigDict, workdir: str, ema_params: PyTree,
+                            step: int, writer: Any = None) -> dict:
+  """Samples with config.sampling's sampler and scores every score the config asks for.
+
+  Each score of `evaluation.scorers.requested(config)` runs the one resumable scorer over
+  config.eval.num_quality_samples samples and writes workdir/eval/<score>_<step>.json with its
+  protocol.
+
+  Returns:
+    {score name: its results}, e.g. {"digits": {"digits_fd": ..., "protocol": ...}}.
+  """
+  from diffusion_jax.evaluation import sample_quality, scorers  # pylint: disable=g-import-not-at-top
+  names = scorers.requested(config)
+  if not names:
+    return {}
+  model, diffusion_ = experiment.create_model(config), experiment.create_diffusion(config)
+  mesh = parallel.make_mesh()
+  num = config.eval.num_quality_samples
+  batch = min(config.eval.quality_batch_size, -(-num // mesh.devices.size) * mesh.devices.size)
+  sampler = make_sampler(config, model, diffusion_, mesh, batch,
+                         prepare_sampler(config, model, diffusion_, ema_params))
+  params = parallel.replicate(ema_params, mesh)
+  protocol = {"step": step, "params": "ema", "sampler": config.sampling.sampler,
+              "num_steps": config.sampling.num_steps,
+              "clip_denoised": config.sampling.clip_denoised, **diffusion_.parameterization,
+              **registry.options_from_config(config.sampling)}
+  result = {}
+  for name in names:
+    scorer = scorers.build(name, config)
+    scores = sample_quality.evaluate_sample_quality(
+        lambda key, n: sampler(params, key)[0][:n], num_samples=num, batch_size=batch,
+        eval_config=config.eval, workdir=workdir, protocol=protocol, name=f"{name}_{step}",
+        seed=config.seed, step=step, scorer=scorer,
+        writer=writer if jax.process_index() == 0 else None)
+    result[name] = scores
+    print(f"{scorer.label} (step {step}, {num} samples): {scores[scorer.fd_key]:.3f}", flush=True)
+  return result
+
+
+def evaluate_bpd(config: ml_collections.ConfigDict, workdir: str, params: PyTree, step: int,
+                 model: nn.Module, diffusion_: diffusion.GaussianDiffusion) -> dict:
+  """Test-set negative log-likelihood in bits/dim (DDPM Table 2) of `params`.
+
+  Runs `losses.calc_bpd_loop` (all T terms + prior) over config.data.eval_split (or its
+  first config.eval.num_batches batches) and writes workdir/eval/bpd_<step>.json.
+  """
+  from diffusion_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  mesh = parallel.make_mesh()
+
+  def bpd_on_device(params, batch, key):
+    key = jax.random.fold_in(key, jax.lax.axis_index(parallel.AXIS))
+    labels = batch["label"] if config.model.num_classes else None
+    terms = losses.calc_bpd_loop(make_model_fn(model, params, labels=labels), diffusion_.schedule,
+                                 batch["image"], key, clip_denoised=config.eval.clip_denoised,
+                                 **diffusion_.parameterization)
+    return {"total_bpd": terms.total_bpd, "prior_bpd": terms.prior_bpd,
+            "decoder_bpd": terms.terms_bpd[:, 0], "mask": batch["mask"]}
+
+  p_bpd = parallel.pmap(bpd_on_device, mesh, in_axes=(0, 0, None))
+  params = parallel.replicate(params, mesh)
+  eval_key = experiment.base_keys(config)["eval"]
+  sums, count, start = {}, 0.0, time.time()
+  layout = parallel.batch_layout(config.eval.batch_size, mesh)
+  eval_iter = input_pipeline.create_eval_iterator(
+      config.data, local_batch_shape=(layout.local_devices, layout.per_device))
+  for i, batch in enumerate(eval_iter):
+    if config.eval.num_batches is not None and i >= config.eval.num_batches:
+      break
+    out = parallel.gather(p_bpd(params, parallel.shard(batch, mesh),
+                                jax.random.fold_in(eval_key, i)))
+    mask = np.asarray(out.pop("mask"), np.float64)
+    for k, v in out.items():
+      sums[k] = sums.get(k, 0.0) + float(np.sum(np.asarray(v, np.float64) * mask))
+    count += float(mask.sum())
+    logging.info("bits/dim batch %d: running mean %.4f over %d images", i,
+                 sums["total_bpd"] / max(count, 1), count)
+  if not count:
+    raise config_validation.ConfigError(
+        f"config.data.eval_split={config.data.eval_split!r} gave no examples; choose a split "
+        "with test images.")
+  result = {k: v / count for k, v in sums.items()}
+  result.update(step=step, num_examples=int(count), split=config.data.eval_split,
+                dataset=config.data.dataset, params="ema",
+                num_timesteps=diffusion_.schedule.num_timesteps,
+                clip_denoised=config.eval.clip_denoised, seconds=round(time.time() - start, 1))
+  if jax.process_index() == 0:
+    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    with open(os.path.join(workdir, "eval", f"bpd_{step}.json"), "w") as f:
+      json.dump(result, f, indent=2)
+  logging.info("Test bits/dim at step %d: %.4f (%d examples)", step, result["total_bpd"], count)
+  print(f"bits/dim (step {step}, {int(count)} {config.data.eval_split} images): "
+        f"{result['total_bpd']:.4f}", flush=True)
+  return result
+
+
+@modes.register("eval", "test-set bits/dim and sample quality of a checkpoint")
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """--mode=eval: bits/dim (eval.compute_bpd) and every requested sample-quality score."""
+  model, diffusion_, params, step = restore(config, workdir, config.eval.checkpoint_step)
+  result = {}
+  if config.eval.compute_bpd:
+    result.update(evaluate_bpd(config, workdir, params, step, model, diffusion_))
+  quality = evaluate_sample_quality(config, workdir, params, step)
+  if quality:
+    result["sample_quality"] = quality
+  return result
