@@ -1,4 +1,4 @@
-"""The DDPM paper's analyses of a trained model (Ho et al. 2020, Sec. 4.3 and App. D), as pure functions.
+"""The DDPM paper's analyses of a trained model (Ho et al. 2020, Sec. 4.3), as pure functions.
 
 * `progressive_generation`: the model's estimate x0_hat at chosen t along one reverse chain
   (Fig. 6).
@@ -124,21 +124,19 @@ def shared_latent_samples(model_fn: ModelFn, schedule: DiffusionSchedule, x_star
   latents = []
   for t in steps:
     noise = jax.random.normal(jax.random.fold_in(key_encode, t), x_start.shape, x_start.dtype)
-    latents.append(diffusion.q_sample(schedule, x_start, jnp.full((x_start.shape[0],), t, jnp.int32),
-                                      noise))
+    steps_t = jnp.full((x_start.shape[0],), t, jnp.int32)
+    latents.append(diffusion.q_sample(schedule, x_start, steps_t, noise))
   latents = jnp.stack(latents)
-  # One chain per (t, j): a single compiled loop serves them all.
-  t_of = jnp.repeat(jnp.asarray(steps, jnp.int32), num_samples)
-  j_of = jnp.tile(jnp.arange(num_samples), len(steps))
+  chain_keys = jnp.stack([jax.random.fold_in(key_chains, j) for j in range(num_samples)])
 
-  def decode(inputs):
-    i, t, j = inputs
-    return reverse_from(model_fn, schedule, latents[i], t, jax.random.fold_in(key_chains, j),
-                        mean_type=mean_type, var_type=var_type, clip_denoised=clip_denoised)
+  def decode(inputs):  # the chains of one latent, batched; one compiled loop serves every t
+    i, t = inputs
+    chain = lambda k: reverse_from(model_fn, schedule, latents[i], t, k, mean_type=mean_type,
+                                   var_type=var_type, clip_denoised=clip_denoised)
+    return jax.vmap(chain)(chain_keys)
 
-  i_of = jnp.repeat(jnp.arange(len(steps)), num_samples)
-  samples = jax.lax.map(decode, (i_of, t_of, j_of))
-  return latents, samples.reshape((len(steps), num_samples) + x_start.shape)
+  samples = jax.lax.map(decode, (jnp.arange(len(steps)), jnp.asarray(steps, jnp.int32)))
+  return latents, samples
 
 
 def interpolate(model_fn: ModelFn, schedule: DiffusionSchedule, x_a: jnp.ndarray, x_b: jnp.ndarray,
@@ -167,9 +165,10 @@ def interpolate(model_fn: ModelFn, schedule: DiffusionSchedule, x_a: jnp.ndarray
   z_b = diffusion.q_sample(schedule, x_b, steps, jax.random.normal(key_b, x_b.shape, x_b.dtype))
   lam = jnp.asarray(lambdas, x_a.dtype).reshape((-1,) + (1,) * x_a.ndim)
   mixed = (1.0 - lam) * z_a[None] + lam * z_b[None]
+  # vmap over the weights with an unbatched key: every weight's chain draws the same noise.
   decode = lambda z: reverse_from(model_fn, schedule, z, t, key_decode, mean_type=mean_type,
                                   var_type=var_type, clip_denoised=clip_denoised)
-  return jax.lax.map(decode, mixed), mixed
+  return jax.vmap(decode)(mixed), mixed
 
 
 def ddim_interpolate(model_fn: ModelFn, schedule: DiffusionSchedule, x_a: jnp.ndarray,
@@ -187,8 +186,9 @@ def ddim_interpolate(model_fn: ModelFn, schedule: DiffusionSchedule, x_a: jnp.nd
   """
   chex.assert_equal_shape([x_a, x_b])
   common = dict(num_steps=num_steps, mean_type=mean_type, var_type=var_type)
-  z_a = ddim.ddim_reverse_loop(model_fn, schedule, x_a, **common)
-  z_b = ddim.ddim_reverse_loop(model_fn, schedule, x_b, **common)
+  # Both images inverted in one batch (one loop), then split.
+  z_a, z_b = jnp.split(ddim.ddim_reverse_loop(model_fn, schedule, jnp.concatenate([x_a, x_b]),
+                                              **common), 2)
   latents = jnp.stack([ddim.slerp(z_a, z_b, lam) for lam in lambdas])
   flat = latents.reshape((-1,) + x_a.shape[1:])
   decoded = ddim.ddim_sample_loop(model_fn, schedule, flat.shape, jax.random.PRNGKey(0), eta=0.0,

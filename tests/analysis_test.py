@@ -11,8 +11,8 @@ T = 100
 BETAS = schedules.get_beta_schedule("linear_scaled", T)
 SCHED = schedules.DiffusionSchedule.from_betas(BETAS)
 # Two well separated components in 4x4x1 "images".
-MIXTURE = GaussianMixture.create([0.4, 0.6], np.stack([np.full((4, 4, 1), -0.5), np.full((4, 4, 1), 0.5)]),
-                                 [0.15, 0.15])
+MIXTURE = GaussianMixture.create(
+    [0.4, 0.6], np.stack([np.full((4, 4, 1), -0.5), np.full((4, 4, 1), 0.5)]), [0.15, 0.15])
 EPS = MIXTURE.eps_model_fn(SCHED)
 KW = dict(mean_type="eps", var_type="fixedsmall")
 B = 4  # one batch size throughout, so REVERSE compiles once
@@ -55,13 +55,16 @@ def test_shared_latent_samples():
   x_start, _ = MIXTURE.sample(jax.random.PRNGKey(1), B)
   key = jax.random.PRNGKey(2)
   ts = (5, 40, 90)
-  latents, samples = analysis.shared_latent_samples(EPS, SCHED, x_start, key, timesteps=ts, num_samples=16, **KW)
+  latents, samples = analysis.shared_latent_samples(EPS, SCHED, x_start, key, timesteps=ts,
+                                                    num_samples=16, **KW)
   assert latents.shape == (3,) + x_start.shape and samples.shape == (3, 16) + x_start.shape
   key_encode, key_chains = jax.random.split(key)
   for i, t in enumerate(ts):
     noise = jax.random.normal(jax.random.fold_in(key_encode, t), x_start.shape)
-    np.testing.assert_allclose(latents[i], diffusion.q_sample(SCHED, x_start, jnp.full((B,), t), noise), atol=1e-6)
-  np.testing.assert_allclose(samples[1, 7], REVERSE(latents[1], 40, jax.random.fold_in(key_chains, 7)), atol=1e-5)
+    want = diffusion.q_sample(SCHED, x_start, jnp.full((B,), t), noise)
+    np.testing.assert_allclose(latents[i], want, atol=1e-6)
+  chain_7 = REVERSE(latents[1], 40, jax.random.fold_in(key_chains, 7))
+  np.testing.assert_allclose(samples[1, 7], chain_7, atol=1e-5)
   # The later the shared latent, the less the samples keep of x_0 and the more they differ.
   spread = np.asarray(jnp.mean(jnp.std(samples, axis=1), axis=(1, 2, 3, 4)))
   assert spread[0] < spread[1] < spread[2] and spread[0] < 0.5 * spread[2]
@@ -71,7 +74,8 @@ def test_interpolate_mixes_latents_and_shares_decoding_noise():
   x_a = jnp.full((B, 4, 4, 1), -0.5)
   x_b = jnp.full((B, 4, 4, 1), 0.5)
   key = jax.random.PRNGKey(3)
-  decoded, mixed = analysis.interpolate(EPS, SCHED, x_a, x_b, key, t=10, lambdas=(0.0, 0.25, 1.0), **KW)
+  decoded, mixed = analysis.interpolate(EPS, SCHED, x_a, x_b, key, t=10, lambdas=(0.0, 0.25, 1.0),
+                                        **KW)
   np.testing.assert_allclose(mixed[1], 0.75 * mixed[0] + 0.25 * mixed[2], atol=1e-6)
   key_decode = jax.random.split(key, 3)[2]
   for i in (0, 2):
@@ -96,21 +100,26 @@ def test_ddim_interpolate_reconstructs_the_end_points():
 
 def test_rate_distortion_against_explicit_sums():
   rng = np.random.default_rng(0)
-  terms = losses.BpdTerms(total_bpd=None, prior_bpd=rng.uniform(0, 0.1, 5), terms_bpd=rng.uniform(0, 1, (5, 7)),
+  terms = losses.BpdTerms(total_bpd=None, prior_bpd=rng.uniform(0, 0.1, 5),
+                          terms_bpd=rng.uniform(0, 1, (5, 7)),
                           xstart_mse=rng.uniform(0, 0.5, (5, 7)), eps_mse=None)
   terms = terms.replace(total_bpd=terms.terms_bpd.sum(1) + terms.prior_bpd)
   rd = analysis.rate_distortion(terms)
   for t in range(7):
-    want = np.mean([terms.prior_bpd[i] + sum(terms.terms_bpd[i, s] for s in range(t + 1, 7)) for i in range(5)])
+    want = np.mean([terms.prior_bpd[i] + sum(terms.terms_bpd[i, s] for s in range(t + 1, 7))
+                    for i in range(5)])
     np.testing.assert_allclose(rd.rate_bpd[t], want, rtol=1e-12)
-    np.testing.assert_allclose(rd.distortion_rmse[t], 127.5 * np.sqrt(terms.xstart_mse[:, t].mean()), rtol=1e-12)
-  np.testing.assert_allclose(rd.rate_bpd[0] + terms.terms_bpd[:, 0].mean(), rd.total_bpd, rtol=1e-12)
+    rmse = 127.5 * np.sqrt(terms.xstart_mse[:, t].mean())
+    np.testing.assert_allclose(rd.distortion_rmse[t], rmse, rtol=1e-12)
+  np.testing.assert_allclose(rd.rate_bpd[0] + terms.terms_bpd[:, 0].mean(), rd.total_bpd,
+                             rtol=1e-12)
 
 
 def test_rate_distortion_of_the_exact_denoiser_on_8bit_data():
   x, _ = MIXTURE.sample(jax.random.PRNGKey(6), 64)
   x = jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255) / 127.5 - 1.0  # on the 8-bit grid
-  terms = jax.jit(lambda x, key: losses.calc_bpd_loop(EPS, SCHED, x, key, **KW))(x, jax.random.PRNGKey(7))
+  bpd = jax.jit(lambda x, key: losses.calc_bpd_loop(EPS, SCHED, x, key, **KW))
+  terms = bpd(x, jax.random.PRNGKey(7))
   rd = analysis.rate_distortion(terms)
   # The rate only grows as the receiver gets closer to x_0 (every KL term is >= 0, up to float32).
   assert np.all(np.diff(rd.rate_bpd) <= 1e-6)

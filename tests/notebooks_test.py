@@ -22,15 +22,18 @@ from diffusion_jax import schedules
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-pytestmark = pytest.mark.slow  # ~10-30 s per notebook on 2 idle cores: a kernel, jax and the compiles
+# ~10-30 s per notebook on 2 idle cores (a kernel, jax and the compiles), minutes under load.
+pytestmark = pytest.mark.slow
 
 
 def run_notebook(name: str, probe: str, monkeypatch) -> tuple[dict, list[np.ndarray]]:
-  """Executes notebooks/<name> plus a `probe` cell printing JSON; returns (that JSON, the figures)."""
-  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+  """Executes notebooks/<name> plus a `probe` cell printing JSON; returns (it, the figures)."""
+  path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+  monkeypatch.setenv("PYTHONPATH", path)
   monkeypatch.delenv("XLA_FLAGS", raising=False)  # the notebooks need no fake devices
   nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-  assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{name} is committed with outputs"
+  code_cells = [c for c in nb.cells if c.cell_type == "code"]
+  assert not any(c.get("outputs") for c in code_cells), f"{name} is committed with outputs"
   nb.cells.append(nbformat.v4.new_code_cell("import json\nprint(json.dumps(" + probe + "))"))
   NotebookClient(nb, timeout=600, kernel_name="python3",
                  resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
@@ -61,8 +64,9 @@ def test_forward_process_notebook(monkeypatch):
       check_t=list(check_t), n=N, x0=x0_vec.tolist(),
       mean_hat=[mc[t]["mean_hat"].tolist() for t in check_t],
       cov_hat=[mc[t]["cov_hat"].tolist() for t in check_t],
-      q_grid={k: v.tolist() for k, v in q_grids.items()}, show_t=list(show_t), x0_images=np.asarray(x0).tolist(),
-      corr_t=corr_t.tolist(), corr_measured={k: v["measured"].tolist() for k, v in correlations.items()},
+      q_grid={k: v.tolist() for k, v in q_grids.items()}, show_t=list(show_t),
+      x0_images=np.asarray(x0).tolist(), corr_t=corr_t.tolist(),
+      corr_measured={k: v["measured"].tolist() for k, v in correlations.items()},
       data_var=s2, beta0=zero[:, :4].tolist(), beta1=one[:, :200].tolist())""", monkeypatch)
   assert_figures_drawn(figures, 5)
 
@@ -97,7 +101,8 @@ def test_forward_process_notebook(monkeypatch):
 
   beta0, beta1 = np.asarray(values["beta0"]), np.asarray(values["beta1"])
   assert np.array_equal(beta0, np.broadcast_to(beta0[0], beta0.shape))  # beta = 0: nothing moves
-  assert abs(np.corrcoef(beta1[1].ravel(), beta1[0].ravel())[0, 1]) < 0.05  # beta = 1: noise at once
+  # beta = 1: pure noise after one step.
+  assert abs(np.corrcoef(beta1[1].ravel(), beta1[0].ravel())[0, 1]) < 0.05
   assert abs(beta1[1:].var() - 1.0) < 0.05
 
 
@@ -105,7 +110,8 @@ def test_losses_notebook(monkeypatch):
   values, figures = run_notebook("02_losses.ipynb", """dict(
       table={k: v.tolist() for k, v in table.items()}, table_t=table_t.tolist(),
       timings=timings, lam={k: v.tolist() for k, v in lam.items()},
-      curve_t=curve_t.tolist(), loss_by_t={k: v.tolist() for k, v in loss_by_t.items()})""", monkeypatch)
+      curve_t=curve_t.tolist(),
+      loss_by_t={k: v.tolist() for k, v in loss_by_t.items()})""", monkeypatch)
   assert_figures_drawn(figures, 1)
   betas = schedules.get_beta_schedule("linear", 1000)
   abar = np.cumprod(1.0 - betas)
@@ -121,15 +127,19 @@ def test_losses_notebook(monkeypatch):
   # The library's bound term (bits/dim) = (C_t + Eq. 12) / ln 2, C_t the variance mismatch KL.
   beta_tilde = betas[t] * (1.0 - abar[t - 1]) / (1.0 - abar[t])
   c_t = 0.5 * (np.log(betas[t] / beta_tilde) + beta_tilde / betas[t] - 1.0)
-  np.testing.assert_allclose(table["kl_eps"] * math.log(2.0), c_t + table["eq12"], rtol=2e-4, atol=1e-9)
+  np.testing.assert_allclose(table["kl_eps"] * math.log(2.0), c_t + table["eq12"], rtol=2e-4,
+                             atol=1e-9)
 
   for median, fastest in values["timings"].values():
     assert 0.0 < fastest <= median < 1.0
 
-  lam_large, lam_small = np.asarray(values["lam"]["fixedlarge"]), np.asarray(values["lam"]["fixedsmall"])
+  lam_large = np.asarray(values["lam"]["fixedlarge"])
+  lam_small = np.asarray(values["lam"]["fixedsmall"])
   ts = np.arange(1, 1000)
-  np.testing.assert_allclose(lam_large, betas[ts] / (2.0 * (1.0 - betas[ts]) * (1.0 - abar[ts])), rtol=1e-5)
-  assert np.all(lam_small >= lam_large) and lam_large.argmax() == 0 and lam_large[0] / lam_large.min() > 20
+  np.testing.assert_allclose(lam_large, betas[ts] / (2.0 * (1.0 - betas[ts]) * (1.0 - abar[ts])),
+                             rtol=1e-5)
+  assert np.all(lam_small >= lam_large) and lam_large.argmax() == 0
+  assert lam_large[0] / lam_large.min() > 20
   # The denoiser's L_simple falls with t (eps gets easier to guess as x_t becomes noise).
   assert np.all(np.diff(values["loss_by_t"]["mse"]) < 0.05) and values["loss_by_t"]["mse"][0] > 0.9
 
@@ -138,24 +148,28 @@ def test_sampling_notebook(monkeypatch):
   values, figures = run_notebook("03_sampling.ipynb", """dict(
       weights=weights.tolist(), n=n, fractions={k: v.tolist() for k, v in fractions.items()},
       ode_errors={f"{s}_{k}": v for (s, k), v in ode_errors.items()},
-      held_out={k: v.tolist() for k, v in held_out_loss.items()}, scores=scores, show_t=list(show_t),
+      held_out={k: v.tolist() for k, v in held_out_loss.items()}, scores=scores,
+      show_t=list(show_t),
       precisions=precisions, train_loss=train_loss.tolist(),
       final_x={k: np.asarray(v[-1]).tolist() for k, v in paths.items()})""", monkeypatch)
   assert_figures_drawn(figures, 3)
   weights, n = np.asarray(values["weights"]), values["n"]
   for name, fractions in values["fractions"].items():
-    assert np.all(np.abs(np.asarray(fractions) - weights) < 4.5 * np.sqrt(weights * (1 - weights) / n)), name
+    se = np.sqrt(weights * (1 - weights) / n)
+    assert np.all(np.abs(np.asarray(fractions) - weights) < 4.5 * se), name
   errors = values["ode_errors"]
   assert errors["ddim_10"] > errors["ddim_20"] > errors["dpm++2_10"] > 0
   # The two ODE solvers map each x_T to nearly the same point; the ancestral chain does not.
   final = {k: np.asarray(v) for k, v in values["final_x"].items()}
   rms = lambda a, b: np.sqrt(np.mean(np.sum((a - b) ** 2, -1)))
-  ddim_x, dpm_x, anc_x = (final[k] for k in ("DDIM, 20 steps", "DPM-Solver++(2M), 10 steps", "ancestral, 1000 steps"))
+  ddim_x, dpm_x, anc_x = (final[k] for k in ("DDIM, 20 steps", "DPM-Solver++(2M), 10 steps",
+                                              "ancestral, 1000 steps"))
   assert rms(ddim_x, dpm_x) < 0.1 and rms(anc_x, ddim_x) > 0.3
 
   train_loss = np.asarray(values["train_loss"])
   assert train_loss[-300:].mean() < train_loss[:100].mean()
-  mlp, exact = np.asarray(values["held_out"]["trained MLP"]), np.asarray(values["held_out"]["exact denoiser"])
+  mlp = np.asarray(values["held_out"]["trained MLP"])
+  exact = np.asarray(values["held_out"]["exact denoiser"])
   assert mlp.mean() >= exact.mean() and np.all(mlp < exact * 1.5 + 0.01)
   # Reverse states score like forward states where the chain is noisy; samples land on the data.
   scores, show_t = values["scores"], values["show_t"]
@@ -163,4 +177,5 @@ def test_sampling_notebook(monkeypatch):
     tol = 0.15 if t >= 150 else 0.4
     assert abs(scores["trained MLP"][j] - scores["forward"][j]) < tol, t
     assert abs(scores["exact denoiser"][j] - scores["forward"][j]) < 0.15, t
-  assert values["precisions"]["trained MLP"] > 0.75 and abs(values["precisions"]["exact denoiser"] - 0.9) < 0.05
+  precisions = values["precisions"]
+  assert precisions["trained MLP"] > 0.75 and abs(precisions["exact denoiser"] - 0.9) < 0.05
