@@ -199,4 +199,20 @@ def get_config() -> config_dict.ConfigDict:
   eval_config.pr_k = 3  # k of the k-NN manifolds of precision/recall.
   eval_config.pr_num_samples = 10_000  # Real and fake features for precision/recall; 0 = off.
   eval_config.save_samples = True  # Keep the uint8 sample chunks under eval/<name>/.
+
+  # --- Analysis: --mode=analyze, the DDPM paper's figures (diffusion_jax.analyze). -----------
+  # Writes analysis/<kind>_<step>.png and .json; chains are ancestral with config.sampling's
+  # clip_denoised; rate_distortion runs the --mode=eval bits/dim loop (eval.batch_size,
+  # eval.num_batches, eval.clip_denoised) and ends at its bits/dim.
+  config.analysis = analysis = config_dict.ConfigDict()
+  # progressive | shared_latent | interpolation | rate_distortion | all
+  analysis.kind = "all"
+  analysis.timesteps = ()  # Steps t of the progressive / shared-latent figures; () = 8, T-1..0.
+  analysis.num_images = 8  # Chains (progressive), or test images (shared_latent; 2 per pair).
+  analysis.num_samples = 4  # shared_latent: chains drawn from each shared x_t.
+  analysis.interpolation_t = config_dict.placeholder(int)  # Step of the mixed latents; None: T//2.
+  analysis.num_lambdas = 9  # Mixing weights, evenly spaced in [0, 1], of the interpolation.
+  analysis.ddim_steps = config_dict.placeholder(int)  # DDIM grid of the slerp interpolation; None:
+  # min(50, T).
+  analysis.checkpoint_step = config_dict.placeholder(int)  # Checkpoint to use; None = latest.
   return config

@@ -19,7 +19,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from absl import logging
 import flax.linen as nn
@@ -353,14 +353,23 @@ def evaluate_sample_quality(config: ml_collections.ConfigDict, workdir: str, ema
   return result
 
 
-def evaluate_bpd(config: ml_collections.ConfigDict, workdir: str, params: PyTree, step: int,
-                 model: nn.Module, diffusion_: diffusion.GaussianDiffusion) -> dict:
-  """Test-set negative log-likelihood in bits/dim (DDPM Table 2) of `params`.
+def bpd_batches(config: ml_collections.ConfigDict, params: PyTree, model: nn.Module,
+                diffusion_: diffusion.GaussianDiffusion, *, all_terms: bool = False,
+                ode_bpd_fn: Optional[Callable] = None) -> Iterator[dict[str, np.ndarray]]:
+  """The bits/dim loop of --mode=eval, one gathered batch of config.data.eval_split at a time.
 
-  Runs `losses.calc_bpd_loop` (all T terms + prior) over config.data.eval_split (or its
-  first config.eval.num_batches batches) and, with config.eval.ode_bpd, the bits/dim along the
-  probability-flow ODE of the same batches (`likelihood.bits_per_dim`, options config.eval.ode;
-  under "ode" in the JSON with its protocol); writes workdir/eval/bpd_<step>.json.
+  Runs `losses.calc_bpd_loop` (all T terms + prior) on every batch (or the first
+  config.eval.num_batches); batch i draws its noise from fold_in(eval key, i) and then
+  fold_in(., device). Every consumer of this loop sees the same numbers for the same config.
+
+  Args:
+    ode_bpd_fn: the pmapped probability-flow ODE likelihood of `_ode_bpd_fn`, also run on each
+      batch (its noise from fold_in(fold_in(eval key, i), 1)).
+
+  Yields:
+    {"total_bpd", "prior_bpd", "decoder_bpd": [n], "mask": [n] (False on padding)}, n the
+    global batch, plus with all_terms "terms_bpd", "xstart_mse" and "eps_mse" [n, T], and with
+    ode_bpd_fn "ode_bpd" and "ode_nfe" [n].
   """
   from diffusion_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
   mesh = parallel.make_mesh()
@@ -371,26 +380,43 @@ def evaluate_bpd(config: ml_collections.ConfigDict, workdir: str, params: PyTree
     terms = losses.calc_bpd_loop(make_model_fn(model, params, labels=labels), diffusion_.schedule,
                                  batch["image"], key, clip_denoised=config.eval.clip_denoised,
                                  **diffusion_.parameterization)
-    return {"total_bpd": terms.total_bpd, "prior_bpd": terms.prior_bpd,
-            "decoder_bpd": terms.terms_bpd[:, 0], "mask": batch["mask"]}
+    out = {"total_bpd": terms.total_bpd, "prior_bpd": terms.prior_bpd,
+           "decoder_bpd": terms.terms_bpd[:, 0], "mask": batch["mask"]}
+    if all_terms:
+      out.update(terms_bpd=terms.terms_bpd, xstart_mse=terms.xstart_mse, eps_mse=terms.eps_mse)
+    return out
 
   p_bpd = parallel.pmap(bpd_on_device, mesh, in_axes=(0, 0, None))
-  p_ode_bpd, ode_protocol = (_ode_bpd_fn(config, model, diffusion_, mesh) if config.eval.ode_bpd
-                             else (None, None))
   params = parallel.replicate(params, mesh)
   eval_key = experiment.base_keys(config)["eval"]
-  sums, count, start = {}, 0.0, time.time()
   layout = parallel.batch_layout(config.eval.batch_size, mesh)
   eval_iter = input_pipeline.create_eval_iterator(
       config.data, local_batch_shape=(layout.local_devices, layout.per_device))
   for i, batch in enumerate(eval_iter):
     if config.eval.num_batches is not None and i >= config.eval.num_batches:
       break
-    out = parallel.gather(p_bpd(params, parallel.shard(batch, mesh),
-                                jax.random.fold_in(eval_key, i)))
-    if p_ode_bpd is not None:   # the same batch along the probability-flow ODE
-      out.update(parallel.gather(p_ode_bpd(params, parallel.shard(batch, mesh),
-                                           jax.random.fold_in(jax.random.fold_in(eval_key, i), 1))))
+    sharded = parallel.shard(batch, mesh)
+    out = parallel.gather(p_bpd(params, sharded, jax.random.fold_in(eval_key, i)))
+    if ode_bpd_fn is not None:  # the same batch along the probability-flow ODE
+      out.update(parallel.gather(ode_bpd_fn(params, sharded,
+                                            jax.random.fold_in(jax.random.fold_in(eval_key, i), 1))))
+    # [devices, per_device, ...] -> [global batch, ...]
+    yield {k: np.asarray(v).reshape((-1,) + np.shape(v)[2:]) for k, v in out.items()}
+
+
+def evaluate_bpd(config: ml_collections.ConfigDict, workdir: str, params: PyTree, step: int,
+                 model: nn.Module, diffusion_: diffusion.GaussianDiffusion) -> dict:
+  """Test-set negative log-likelihood in bits/dim (DDPM Table 2) of `params`.
+
+  Averages `bpd_batches` over config.data.eval_split (or its first config.eval.num_batches
+  batches) and, with config.eval.ode_bpd, the bits/dim along the probability-flow ODE of the
+  same batches (`likelihood.bits_per_dim`, options config.eval.ode; under "ode" in the JSON with
+  its protocol); writes workdir/eval/bpd_<step>.json.
+  """
+  p_ode_bpd, ode_protocol = (_ode_bpd_fn(config, model, diffusion_, parallel.make_mesh())
+                             if config.eval.ode_bpd else (None, None))
+  sums, count, start = {}, 0.0, time.time()
+  for i, out in enumerate(bpd_batches(config, params, model, diffusion_, ode_bpd_fn=p_ode_bpd)):
     mask = np.asarray(out.pop("mask"), np.float64)
     for k, v in out.items():
       sums[k] = sums.get(k, 0.0) + float(np.sum(np.asarray(v, np.float64) * mask))

@@ -4,6 +4,7 @@
   sample    write samples of a checkpoint (diffusion_jax.inference)
   eval      test-set bits/dim and sample quality of a checkpoint (diffusion_jax.inference)
   train_classifier   the noisy classifier of classifier guidance (diffusion_jax.classifier_training)
+  analyze   the DDPM paper's analyses of a checkpoint, config.analysis (diffusion_jax.analyze)
 
 A new mode is one decorated function in its own module, plus that module's name in
 `_MODULES` (imported lazily, so `import diffusion_jax` stays light).
@@ -17,7 +18,8 @@ from typing import Any, Callable
 
 from diffusion_jax import errors
 
-_MODULES = ("diffusion_jax.train", "diffusion_jax.inference", "diffusion_jax.classifier_training")
+_MODULES = ("diffusion_jax.train", "diffusion_jax.inference", "diffusion_jax.classifier_training",
+            "diffusion_jax.analyze")
 
 
 @dataclasses.dataclass(frozen=True)
