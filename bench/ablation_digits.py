@@ -124,13 +124,14 @@ def evaluate_row(name: str, args: argparse.Namespace) -> dict:
       return result
   result["seconds_per_step"] = seconds_per_step(workdir)
   bpd_path = os.path.join(workdir, "eval", f"bpd_{step}.json")
-  fd_path = os.path.join(workdir, "eval", f"digits_{step}.json")
-  if not (os.path.exists(bpd_path) and os.path.exists(fd_path)):
+  fd_paths = lambda: glob.glob(os.path.join(workdir, "eval", f"digits_{step}*.json"))
+  if not (os.path.exists(bpd_path) and fd_paths()):
     code, seconds = run(base + flags + ["--mode=eval"], log_path)
     result["eval_seconds"] = round(seconds, 1)
     if code != 0:
       result["error"] = f"--mode=eval exited {code}; see {log_path}"
       return result
+  [fd_path] = fd_paths()  # one sampler setting per row
   with open(bpd_path) as f:
     bpd = json.load(f)
   with open(fd_path) as f:

@@ -16,6 +16,7 @@ Gamma) runs once per restored model. Outputs:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -303,13 +304,20 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   return directory
 
 
+def sampling_tag(protocol: dict) -> str:
+  """"<sampler>-<8 hex digits of the protocol's SHA-256>", e.g. "ddim-3fa2c1d0"."""
+  blob = json.dumps(protocol, sort_keys=True, default=str).encode()
+  return f"{protocol['sampler']}-{hashlib.sha256(blob).hexdigest()[:8]}"
+
+
 def evaluate_sample_quality(config: ml_collections.ConfigDict, workdir: str, ema_params: PyTree,
                             step: int, writer: Any = None) -> dict:
   """Samples with config.sampling's sampler and scores every score the config asks for.
 
   Each score of `evaluation.scorers.requested(config)` runs the one resumable scorer over
-  config.eval.num_quality_samples samples and writes workdir/eval/<score>_<step>.json with its
-  protocol.
+  config.eval.num_quality_samples samples and writes workdir/eval/<score>_<step>_<tag>.json
+  with its protocol; the tag (`sampling_tag`) names the sampler and digests the sampling
+  protocol, so evaluating one checkpoint with several samplers or options keeps each result.
 
   Returns:
     {score name: its results}, e.g. {"digits": {"digits_fd": ..., "protocol": ...}}, on
@@ -336,6 +344,7 @@ def evaluate_sample_quality(config: ml_collections.ConfigDict, workdir: str, ema
     protocol["guidance"] = {"kind": guidance_.kind, "scale": config.sampling.guidance.scale,
                             "form": guidance_.form, "classes": guidance_.classes.tolist()}
     suffix = f"_{guidance_.kind}_{config.sampling.guidance.scale:g}"
+  suffix = f"_{sampling_tag(protocol)}{suffix}"
   result = {}
   shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
   for name in names:

@@ -58,20 +58,27 @@ def test_fid_evaluation_through_the_trainer(tmp_path, monkeypatch):
   config.sampling.num_steps = 5
   workdir = str(tmp_path / "run")
   result = inference.evaluate_sample_quality(config, workdir, _ema_params(config), step=7)["fid"]
-  with open(os.path.join(workdir, "eval", "fid_7.json")) as f:
+  [name] = [f[:-5] for f in os.listdir(os.path.join(workdir, "eval")) if f.endswith(".json")]
+  assert name.startswith("fid_7_ddim-")
+  with open(os.path.join(workdir, "eval", name + ".json")) as f:
     written = json.load(f)
   assert written["fid"] == pytest.approx(result["fid"])
   assert written["num_samples"] == 24
   protocol = json.dumps(written["protocol"])
   assert '"sampler": "ddim"' in protocol and '"num_steps": 5' in protocol and '"step": 7' in protocol
   # Recompute FID from the saved uint8 chunks with the independent closed form of metrics.
-  chunks = sorted(p for p in os.listdir(os.path.join(workdir, "eval", "fid_7")) if p.endswith(".npz"))
-  samples = np.concatenate([np.load(os.path.join(workdir, "eval", "fid_7", c))["images"] for c in chunks])
+  chunks = sorted(p for p in os.listdir(os.path.join(workdir, "eval", name)) if p.endswith(".npz"))
+  samples = np.concatenate([np.load(os.path.join(workdir, "eval", name, c))["images"] for c in chunks])
   assert samples.shape == (24, 8, 8, 1) and samples.dtype == np.uint8
   fake = extractor(samples)["pool3"].astype(np.float64)
   expected = metrics.frechet_distance(fake.mean(0), np.cov(fake, rowvar=False), feats.mean(0),
                                       np.cov(feats, rowvar=False))
   assert result["fid"] == pytest.approx(expected, rel=1e-6)
+  # Another sampler setting on the same checkpoint is a separate result, not a protocol clash.
+  config.sampling.num_steps = 4
+  inference.evaluate_sample_quality(config, workdir, _ema_params(config), step=7)
+  results = [f for f in os.listdir(os.path.join(workdir, "eval")) if f.endswith(".json")]
+  assert len(results) == 2 and all(f.startswith("fid_7_ddim-") for f in results)
 
 
 @pytest.mark.slow
