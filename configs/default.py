@@ -173,9 +173,10 @@ def get_config() -> config_dict.ConfigDict:
   eval_config.clip_denoised = True  # Clip pred_x0 inside the reverse means of the bound.
   eval_config.checkpoint_step = config_dict.placeholder(int)  # Checkpoint to use; None = latest.
   eval_config.compute_bpd = True  # --mode=eval: test-set bits/dim (slow: T model calls per image).
-  # Beside the bound: bits/dim along the probability-flow ODE (diffusion_jax.likelihood; DDPM
-  # models through their VP SDE), same test batches, the protocol in eval/bpd_<step>.json.
-  eval_config.ode_bpd = True  # Also compute the ODE bits/dim (with compute_bpd).
+  # Bits/dim along the probability-flow ODE (diffusion_jax.likelihood; DDPM models through
+  # their VP SDE), on the bound's test batches, the protocol in eval/bpd_<step>.json; the only
+  # likelihood of a score model (objective score_sde / ncsn).
+  eval_config.ode_bpd = False  # --mode=eval: also (or, without compute_bpd, only) the ODE bits/dim.
   eval_config.ode = ode_config = config_dict.ConfigDict()  # likelihood.bits_per_dim options.
   ode_config.estimator = "hutchinson"  # Divergence: hutchinson (unbiased) | exact (small images).
   ode_config.probe = "rademacher"  # Hutchinson probes: rademacher | gaussian.

@@ -239,7 +239,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
   _check_divisible(config, "eval.batch_size", num_devices)
   if config.eval.num_batches is not None:
     _check_positive_int(config, "eval.num_batches")
-  if config.eval.compute_bpd and config.eval.ode_bpd:
+  if config.eval.ode_bpd:
     _check_ode_bpd(config)
   _check_positive_int(config, "eval.num_quality_samples")
   _check_positive_int(config, "eval.quality_batch_size")

@@ -364,7 +364,8 @@ def evaluate_sample_quality(config: ml_collections.ConfigDict, workdir: str, ema
 
 def bpd_batches(config: ml_collections.ConfigDict, params: PyTree, model: nn.Module,
                 diffusion_: diffusion.GaussianDiffusion, *, all_terms: bool = False,
-                ode_bpd_fn: Optional[Callable] = None) -> Iterator[dict[str, np.ndarray]]:
+                ddpm_bound: bool = True, ode_bpd_fn: Optional[Callable] = None
+                ) -> Iterator[dict[str, np.ndarray]]:
   """The bits/dim loop of --mode=eval, one gathered batch of config.data.eval_split at a time.
 
   Runs `losses.calc_bpd_loop` (all T terms + prior) on every batch (or the first
@@ -372,18 +373,21 @@ def bpd_batches(config: ml_collections.ConfigDict, params: PyTree, model: nn.Mod
   fold_in(., device). Every consumer of this loop sees the same numbers for the same config.
 
   Args:
+    ddpm_bound: run the bound (False for score models, which have no DDPM chain).
     ode_bpd_fn: the pmapped probability-flow ODE likelihood of `_ode_bpd_fn`, also run on each
       batch (its noise from fold_in(fold_in(eval key, i), 1)).
 
   Yields:
-    {"total_bpd", "prior_bpd", "decoder_bpd": [n], "mask": [n] (False on padding)}, n the
-    global batch, plus with all_terms "terms_bpd", "xstart_mse" and "eps_mse" [n, T], and with
+    {"total_bpd", "prior_bpd", "decoder_bpd" (with ddpm_bound): [n], "mask": [n] (False on
+    padding)}, n the global batch, plus with all_terms "terms_bpd", "xstart_mse" and "eps_mse" [n, T], and with
     ode_bpd_fn "ode_bpd" and "ode_nfe" [n].
   """
   from diffusion_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
   mesh = parallel.make_mesh()
 
   def bpd_on_device(params, batch, key):
+    if not ddpm_bound:
+      return {"mask": batch["mask"]}
     key = jax.random.fold_in(key, jax.lax.axis_index(parallel.AXIS))
     labels = batch["label"] if config.model.num_classes else None
     terms = losses.calc_bpd_loop(make_model_fn(model, params, labels=labels), diffusion_.schedule,
@@ -424,14 +428,17 @@ def evaluate_bpd(config: ml_collections.ConfigDict, workdir: str, params: PyTree
   """
   p_ode_bpd, ode_protocol = (_ode_bpd_fn(config, model, diffusion_, parallel.make_mesh())
                              if config.eval.ode_bpd else (None, None))
+  ddpm_bound = bool(config.eval.compute_bpd)
+  headline = "total_bpd" if ddpm_bound else "ode_bpd"
   sums, count, start = {}, 0.0, time.time()
-  for i, out in enumerate(bpd_batches(config, params, model, diffusion_, ode_bpd_fn=p_ode_bpd)):
+  for i, out in enumerate(bpd_batches(config, params, model, diffusion_, ddpm_bound=ddpm_bound,
+                                      ode_bpd_fn=p_ode_bpd)):
     mask = np.asarray(out.pop("mask"), np.float64)
     for k, v in out.items():
       sums[k] = sums.get(k, 0.0) + float(np.sum(np.asarray(v, np.float64) * mask))
     count += float(mask.sum())
     logging.info("bits/dim batch %d: running mean %.4f over %d images", i,
-                 sums["total_bpd"] / max(count, 1), count)
+                 sums[headline] / max(count, 1), count)
   if not count:
     raise config_validation.ConfigError(
         f"config.data.eval_split={config.data.eval_split!r} gave no examples; choose a split "
@@ -443,15 +450,16 @@ def evaluate_bpd(config: ml_collections.ConfigDict, workdir: str, params: PyTree
                      "protocol": ode_protocol.as_dict()}
   result.update(step=step, num_examples=int(count), split=config.data.eval_split,
                 dataset=config.data.dataset, params="ema",
-                num_timesteps=diffusion_.schedule.num_timesteps,
+                num_timesteps=config.diffusion.num_timesteps,
                 clip_denoised=config.eval.clip_denoised, seconds=round(time.time() - start, 1))
   if jax.process_index() == 0:
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
     with open(os.path.join(workdir, "eval", f"bpd_{step}.json"), "w") as f:
       json.dump(result, f, indent=2)
-  logging.info("Test bits/dim at step %d: %.4f (%d examples)", step, result["total_bpd"], count)
-  print(f"bits/dim (step {step}, {int(count)} {config.data.eval_split} images): "
-        f"{result['total_bpd']:.4f}", flush=True)
+  if ddpm_bound:
+    logging.info("Test bits/dim at step %d: %.4f (%d examples)", step, result["total_bpd"], count)
+    print(f"bits/dim (step {step}, {int(count)} {config.data.eval_split} images): "
+          f"{result['total_bpd']:.4f}", flush=True)
   if ode_protocol is not None:
     logging.info("ODE bits/dim at step %d: %.4f (protocol %s)", step, result["ode"]["bpd"],
                  result["ode"]["protocol"])
@@ -472,21 +480,22 @@ def _ode_bpd_fn(config: ml_collections.ConfigDict, model: nn.Module,
     key = jax.random.fold_in(key, jax.lax.axis_index(parallel.AXIS))
     labels = batch["label"] if config.model.num_classes else None
     result = likelihood.bits_per_dim(make_model_fn(model, params, labels=labels),
-                                     diffusion_.schedule, batch["image"], key,
+                                     diffusion_.process, batch["image"], key,
                                      **diffusion_.parameterization, **options)
     nfe = jnp.broadcast_to(result.stats.nfe.astype(jnp.float32), result.bpd.shape)
     return {"ode_bpd": result.bpd, "ode_nfe": nfe}
 
-  protocol = likelihood.make_protocol(ode.as_sde(diffusion_.schedule), **options)
+  protocol = likelihood.make_protocol(ode.as_sde(diffusion_.process), **options)
   return parallel.pmap(ode_bpd_on_device, mesh, in_axes=(0, 0, None)), protocol
 
 
 @modes.register("eval", "test-set bits/dim and sample quality of a checkpoint")
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """--mode=eval: bits/dim (eval.compute_bpd) and every requested sample-quality score."""
+  """--mode=eval: bits/dim (eval.compute_bpd: DDPM's bound; eval.ode_bpd: the probability-flow
+  ODE's) and every requested sample-quality score."""
   model, diffusion_, params, step = restore(config, workdir, config.eval.checkpoint_step)
   result = {}
-  if config.eval.compute_bpd:
+  if config.eval.compute_bpd or config.eval.ode_bpd:
     result.update(evaluate_bpd(config, workdir, params, step, model, diffusion_))
   quality = evaluate_sample_quality(config, workdir, params, step)
   if quality:

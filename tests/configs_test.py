@@ -126,11 +126,15 @@ def test_unknown_dataset_and_option_strings():
 def test_ode_bits_per_dim_options():
   config = tiny.get_config()
   config.eval.ode.estimator = "trace"
+  config_validation.validate_config(config, num_devices=8)  # read only with eval.ode_bpd
+  config.eval.ode_bpd = True
   assert "config.eval.ode.estimator='trace'" in _error(config) and "'exact'" in _error(config)
   config = tiny.get_config()
+  config.eval.ode_bpd = True
   config.eval.ode.rtol = 0.0
   assert "config.eval.ode.rtol=0.0" in _error(config)
   config = tiny.get_config()
+  config.eval.ode_bpd = True
   config.diffusion.mean_type = "mean"   # no score without eps / x0 / v: name the way out
   assert "config.diffusion.mean_type='mean'" in _error(config) and "eval.ode_bpd=False" in _error(config)
   config.eval.ode_bpd = False

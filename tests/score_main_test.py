@@ -1,5 +1,6 @@
 """Score-matching objectives through the trainer and main.py: the step (traces once, the same on 1
 and 8 devices, the loss of `losses`), train -> sample end to end, and the config errors."""
+import json
 import os
 
 import chex
@@ -100,6 +101,15 @@ def test_train_then_sample_through_main(objective, tmp_path):
     images = data["images"]
   assert images.shape == (8, 8, 8, 1) and images.dtype == np.uint8
   assert len(np.unique(images)) > 2  # not a constant or a saturated image
+  if objective == "score_sde":  # a score model's likelihood is the probability-flow ODE's
+    _run_main(*common, "--mode=eval", "--config.eval.ode_bpd=True", "--config.eval.num_batches=1",
+              "--config.eval.batch_size=8", "--config.eval.ode.rtol=1e-3",
+              "--config.eval.ode.atol=1e-3", "--config.eval.num_quality_samples=8",
+              "--config.eval.quality_batch_size=8")
+    with open(os.path.join(workdir, "eval", "bpd_6.json")) as f:
+      result = json.load(f)
+    assert "total_bpd" not in result and result["num_examples"] == 8
+    assert 0 < result["ode"]["bpd"] < 20 and result["ode"]["protocol"]["sde"] == "VPSDE"
 
 
 def test_config_errors_name_the_field_and_the_fix():

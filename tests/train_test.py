@@ -150,6 +150,7 @@ def test_train_sample_eval_end_to_end_on_digits(tmp_path):
   with np.load(os.path.join(out, "samples.npz")) as data:
     assert data["images"].shape == (16, 8, 8, 1) and data["images"].dtype == np.uint8
   assert os.path.exists(os.path.join(out, "samples.png"))
+  config.eval.ode_bpd = True
   result = inference.evaluate(config, workdir)
   assert result["num_examples"] == 32 and result["step"] == 20
   # An untrained-ish model on 8-bit data: a finite bound well above 0 and below 8 + prior.
