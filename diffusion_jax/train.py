@@ -246,10 +246,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   Writes config.json, TensorBoard scalars, checkpoints and sample grids in `workdir`. On
   SIGTERM it saves a checkpoint and returns early; rerunning the same command continues.
   """
+  config_validation.validate_config(config, num_devices=jax.device_count())
+  # TensorFlow comes with these; imported after validation, so a config error returns at once.
   from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
   from diffusion_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
-
-  config_validation.validate_config(config, num_devices=jax.device_count())
   tcfg = config.training
   is_chief = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)

@@ -6,34 +6,18 @@ visible to it, exactly as a new sampler module would be.
 
 import os
 import shutil
-import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl import flags
 
-import main as main_py
 from configs import tiny
 from diffusion_jax import train
 from diffusion_jax.samplers import registry
 from checkpoint_files import damage, snapshot
+from main_in_process import run_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run_main(*args: str) -> None:
-  """`python main.py ARGS` in this process (config_flags reads its overrides from sys.argv)."""
-  argv = ["main.py", f"--config={os.path.join(REPO, 'configs', 'tiny.py')}", *args]
-  saved, sys.argv = sys.argv, argv
-  try:
-    for name in [n for n in flags.FLAGS if n.startswith("config.")]:  # a previous run's overrides
-      delattr(flags.FLAGS, name)
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(argv)
-    main_py.main(["main.py"])
-  finally:
-    sys.argv = saved
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +52,7 @@ def test_a_sampler_registered_here_runs_through_main(trained, toy_sampler, tmp_p
   workdir = str(tmp_path / "run")
   shutil.copytree(trained, workdir)
   # The section config.sampling.toy_constant exists because the sampler is registered.
-  _run_main(f"--workdir={workdir}", "--mode=sample", "--config.sampling.sampler=toy_constant",
+  run_main(f"--workdir={workdir}", "--mode=sample", "--config.sampling.sampler=toy_constant",
             "--config.sampling.toy_constant.level=0.5")
   with np.load(os.path.join(workdir, "samples", "20", "samples.npz")) as data:
     images = data["images"]
@@ -76,7 +60,7 @@ def test_a_sampler_registered_here_runs_through_main(trained, toy_sampler, tmp_p
   np.testing.assert_array_equal(images, 191)  # round((0.5 + 1) * 127.5)
   # Its declared bounds are validated like any built-in option: a short error, exit status 2.
   with pytest.raises(SystemExit) as e:
-    _run_main(f"--workdir={workdir}", "--mode=sample", "--config.sampling.sampler=toy_constant",
+    run_main(f"--workdir={workdir}", "--mode=sample", "--config.sampling.sampler=toy_constant",
               "--config.sampling.toy_constant.level=3.0")
   assert e.value.code == 2
   err = capsys.readouterr().err
@@ -91,7 +75,7 @@ def test_sample_mode_skips_a_corrupted_newest_checkpoint_read_only(trained, tmp_
   damage(os.path.join(workdir, "checkpoints", "20"))
   before = snapshot(os.path.join(workdir, "checkpoints"))
   with caplog.at_level("WARNING"):
-    _run_main(f"--workdir={workdir}", "--mode=sample")
+    run_main(f"--workdir={workdir}", "--mode=sample")
   assert snapshot(os.path.join(workdir, "checkpoints")) == before  # byte for byte
   assert sorted(os.listdir(os.path.join(workdir, "samples"))) == ["10"]  # the previous one
   with np.load(os.path.join(workdir, "samples", "10", "samples.npz")) as data:

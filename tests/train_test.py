@@ -1,5 +1,6 @@
-"""Tests of the trainer: the pmapped step (traces once, device-count invariant, deterministic),
-the real loop end to end (digits builder and tfds mock cifar10), and the NaN guard.
+"""Tests of the trainer: the pmapped step (traces once, device-count invariant with dropout and
+importance sampling, deterministic), the real loop end to end (digits builder and tfds mock
+cifar10), and the NaN guard.
 
 Runs on the 8 fake CPU devices of conftest.py with configs/tiny.py.
 """
@@ -82,15 +83,6 @@ def test_step_traces_once_and_learns_state(setup):
   chex.assert_trees_all_equal(state, state2)
 
 
-def test_one_device_equals_eight_devices(setup):
-  """Same global batch on 1 or 8 devices: same losses and parameters up to float rounding."""
-  state8, losses8 = setup.run(8, 3)
-  state1, losses1 = setup.run(1, 3)
-  np.testing.assert_allclose(losses1[:, 0], losses8[:, 0], rtol=2e-5)
-  chex.assert_trees_all_close(state1.params, state8.params, rtol=1e-4, atol=2e-6)
-  chex.assert_trees_all_close(state1.ema_params, state8.ema_params, rtol=1e-4, atol=2e-6)
-
-
 @pytest.mark.slow
 def test_one_device_equals_eight_with_dropout_and_importance_sampling():
   """Per-example dropout masks and timesteps come from the global example index: the same
@@ -151,6 +143,7 @@ def test_train_sample_eval_end_to_end_on_digits(tmp_path):
     assert data["images"].shape == (16, 8, 8, 1) and data["images"].dtype == np.uint8
   assert os.path.exists(os.path.join(out, "samples.png"))
   config.eval.ode_bpd = True
+  config.eval.ode.rtol = config.eval.ode.atol = 1e-3
   result = inference.evaluate(config, workdir)
   assert result["num_examples"] == 32 and result["step"] == 20
   # An untrained-ish model on 8-bit data: a finite bound well above 0 and below 8 + prior.
