@@ -5,7 +5,7 @@
 The digits demo's network and optimizer (configs/digits.py), trained with continuous denoising
 score matching on VPSDE(0.1, 20): t ~ U(1e-5, 1), eps prediction, sigma^2 weighting. Sampled
 with the predictor-corrector sampler: 200 Euler-Maruyama steps of the reverse SDE, no corrector,
-the final denoising step. RESULT is filled in from a measured run (see the README).
+the final denoising step. Expect: not measured on this project's machine yet.
 """
 
 from configs import digits
