@@ -81,8 +81,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_quiet_orbax)
-  from diffusion_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
-  input_pipeline.hide_accelerators_from_tf()
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.jax_distributed:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU only; GPUs use NCCL

@@ -8,7 +8,9 @@ L = 20 geometric levels from sigma_1 = 10 (about the largest distance between tw
 [-1, 1], NCSNv2's rule) down to sigma_L = 0.02 (NCSN's 0.01 on [0, 1] data); the network sees
 the level and predicts eps = -sigma s (NCSNv2's output scaling). Sampled with annealed Langevin
 dynamics from U(-1, 1): T steps per level, alpha_i = eps sigma_i^2 / sigma_L^2, and the final
-denoising step. Expect: not measured on this project's machine yet.
+denoising step (1000 score evaluations per sample).
+Expect: recognizable digits, digits Frechet distance 13.3 at step 2500 (1000 samples; measured
+here once, `docs/figures/ncsn_digits.png`).
 """
 
 from configs import digits

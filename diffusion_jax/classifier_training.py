@@ -166,8 +166,8 @@ def evaluate(config: ml_collections.ConfigDict, model: nn.Module, params, diffus
                 "guidance into workdir/classifier")
 def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> train_state.TrainState:
   """Trains the noisy classifier until classifier.training.num_train_steps; returns the host state."""
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   from diffusion_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
 
   config_validation.validate_config(config, num_devices=jax.device_count())
   config_validation.validate_classifier_config(config, num_devices=jax.device_count())

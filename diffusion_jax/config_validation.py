@@ -11,7 +11,8 @@ from typing import Any
 
 import ml_collections
 
-from diffusion_jax import diffusion, errors, experiment, losses, schedules, timestep_sampling
+from diffusion_jax import dataset_names, diffusion, errors, experiment, losses, schedules
+from diffusion_jax import timestep_sampling
 from diffusion_jax.evaluation import scorers
 from diffusion_jax.samplers import registry
 
@@ -135,11 +136,10 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
     if section not in config:
       _fail(section, None, "section missing; build configs on configs/default.py's get_config().")
 
-  # Data and the U-Net's resolutions. (The input pipeline imports TensorFlow: import it late.)
-  from diffusion_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  if config.data.dataset not in input_pipeline.DATASETS:
+  # Data and the U-Net's resolutions.
+  if config.data.dataset not in dataset_names.DATASETS:
     _fail("data.dataset", config.data.dataset,
-          f"unknown data set; choose one of {', '.join(input_pipeline.DATASETS)} (\"digits\" "
+          f"unknown data set; choose one of {', '.join(dataset_names.DATASETS)} (\"digits\" "
           "needs no download; the others must be prepared with `tfds build <name>`).")
   _check_positive_int(config, "data.image_size")
   _check_positive_int(config, "data.num_channels")
@@ -278,6 +278,10 @@ def _validate_guidance(config: ml_collections.ConfigDict) -> None:
       _fail("sampling.guidance.grid_scales", tuple(g.grid_scales),
             "a guidance grid needs sampling.guidance.kind=classifier or classifier_free.")
     return
+  if config.diffusion.objective != "ddpm":  # guidance works on the discrete DDPM schedule
+    _fail("sampling.guidance.kind", g.kind,
+          f"guidance is implemented for objective='ddpm' models only, not "
+          f"diffusion.objective={config.diffusion.objective!r}; set sampling.guidance.kind=none.")
   num_classes = config.model.num_classes
   if not num_classes:
     _fail("sampling.guidance.kind", g.kind, "guides a class-conditional model: set "

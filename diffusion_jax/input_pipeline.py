@@ -57,15 +57,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from diffusion_jax import errors
+from diffusion_jax.dataset_names import DATASETS, IN_MEMORY_DATASETS, TFDS_DATASETS  # noqa: F401
 from diffusion_jax.datasets import folder
 
 folder_split_files = folder.split_files  # the folder split rule (module docstring)
 
-TFDS_DATASETS = ("digits", "cifar10", "mnist", "celeb_a_hq/256", "lsun/bedroom",
-                 "lsun/church_outdoor", "lsun/cat", "imagenet2012")
-DATASETS = TFDS_DATASETS + ("folder",)
-# Small enough to hold the decoded split in memory (the step-indexed path of the train iterator).
-IN_MEMORY_DATASETS = ("digits", "cifar10", "mnist")
 # Shuffle buffer (encoded examples) of the large datasets.
 _LARGE_SHUFFLE_BUFFER = 10_000
 
@@ -85,14 +81,17 @@ def _field(data_config, name: str, default: Any = None) -> Any:
 def hide_accelerators_from_tf() -> None:
   """The accelerators belong to JAX; TF only reads data, so it must not take their memory.
 
-  Fails once TF has initialized its devices, in which case they were already configured (by an
-  earlier call) and nothing is lost.
+  Called when this module is imported, before any TF op can initialize TF's devices (after
+  that it has no effect, and an earlier call has configured them).
   """
   for kind in ("GPU", "TPU"):
     try:
       tf.config.set_visible_devices([], kind)
     except RuntimeError:
       pass
+
+
+hide_accelerators_from_tf()  # on import: TF is here only to read data
 
 
 def _not_prepared_message(name: str, data_dir: Optional[str], builder, why: str) -> str:
@@ -392,7 +391,6 @@ def create_train_iterator(data_config, *, layout, seed: int, start_step: int = 0
     {"image": float32 [local_devices, per_device, H, W, C] in [-1, 1],
      "label": int32 [local_devices, per_device]} as numpy arrays (label 0 without labels).
   """
-  hide_accelerators_from_tf()
   split = _field(data_config, "train_split", "train") or "train"
   if _field(data_config, "dataset") in IN_MEMORY_DATASETS:
     return _in_memory_batches(data_config, split, layout, seed, start_step)
@@ -420,7 +418,6 @@ def create_eval_iterator(data_config, *, local_batch_shape: Tuple[int, int],
   """
   local_devices, per_device = local_batch_shape
   per_process = local_devices * per_device
-  hide_accelerators_from_tf()
   field = "split" if split is not None else "data.eval_split"
   if split is None:
     split = _field(data_config, "eval_split", "test") or "test"

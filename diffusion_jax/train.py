@@ -248,8 +248,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   """
   config_validation.validate_config(config, num_devices=jax.device_count())
   # TensorFlow comes with these; imported after validation, so a config error returns at once.
-  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
   from diffusion_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
   tcfg = config.training
   is_chief = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)

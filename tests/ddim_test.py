@@ -1,5 +1,4 @@
 """DDIM against diffusers' DDIMScheduler, ancestral sampling, and an exact Gaussian-mixture denoiser."""
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +9,7 @@ from diffusers import DDIMScheduler
 from diffusion_jax import schedules
 from diffusion_jax.gaussian_mixture import GaussianMixture
 from diffusion_jax.samplers import ancestral, ddim, grids
+from transforms import assert_jit_and_pmap_agree
 
 T = 1000
 SHAPE = (4, 4, 4, 2)
@@ -161,13 +161,10 @@ def test_bad_arguments_name_the_field():
                                             num_steps=3))(sched)
 
 
-class VariantsTest(chex.TestCase):
-
-  @chex.variants(with_jit=True, with_pmap=True)
-  def test_variants_agree(self):
-    sched, mixture = _schedule(), _mixture()
-    eps_fn = mixture.eps_model_fn(sched)
-    x_T = jax.random.normal(jax.random.PRNGKey(1), SHAPE)
-    run = lambda x: ddim.ddim_sample_loop(eps_fn, sched, SHAPE, jax.random.PRNGKey(2), num_steps=8,
-                                          eta=1.0, x_T=x)
-    np.testing.assert_allclose(self.variant(run)(x_T), run(x_T), atol=1e-5)
+def test_jit_and_pmap_agree():
+  sched, mixture = _schedule(), _mixture()
+  eps_fn = mixture.eps_model_fn(sched)
+  x_T = jax.random.normal(jax.random.PRNGKey(1), SHAPE)
+  assert_jit_and_pmap_agree(
+      lambda x: ddim.ddim_sample_loop(eps_fn, sched, SHAPE, jax.random.PRNGKey(2), num_steps=8,
+                                      eta=1.0, x_T=x), x_T)

@@ -1,6 +1,5 @@
 """DPM-Solver(++) against diffusers' DPMSolver{Multistep,Singlestep}Scheduler, DDIM, and the exact
 probability-flow ODE of a Gaussian mixture (float64 scipy, bench.samplers.exact_pf_ode)."""
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +11,7 @@ from bench.samplers import continuous_eps_fn, exact_pf_ode
 from diffusion_jax import schedules
 from diffusion_jax.gaussian_mixture import GaussianMixture
 from diffusion_jax.samplers import ddim, dpm_solver, grids
+from transforms import assert_jit_and_pmap_agree
 
 T = 1000
 SHAPE = (4, 4, 4, 2)
@@ -260,14 +260,11 @@ def test_bad_options_name_the_argument():
                                  algorithm="dpmsolver", thresholding=True)
 
 
-class VariantsTest(chex.TestCase):
-
-  @chex.variants(with_jit=True, with_pmap=True)
-  def test_variants_agree(self):
-    sched, (mixture, _) = _schedule(), _mixture()
-    eps_fn = continuous_eps_fn(mixture, sched)
-    x_T = jax.random.normal(jax.random.PRNGKey(1), SHAPE)
-    for method in ("multistep", "singlestep"):
-      run = lambda x: dpm_solver.dpm_solver_sample(eps_fn, sched, SHAPE, jax.random.PRNGKey(2),
-                                                   num_steps=7, order=3, method=method, x_T=x)
-      np.testing.assert_allclose(self.variant(run)(x_T), run(x_T), atol=1e-5)
+@pytest.mark.parametrize("method", ["multistep", "singlestep"])
+def test_jit_and_pmap_agree(method):
+  sched, (mixture, _) = _schedule(), _mixture()
+  eps_fn = continuous_eps_fn(mixture, sched)
+  x_T = jax.random.normal(jax.random.PRNGKey(1), SHAPE)
+  assert_jit_and_pmap_agree(
+      lambda x: dpm_solver.dpm_solver_sample(eps_fn, sched, SHAPE, jax.random.PRNGKey(2),
+                                             num_steps=7, order=3, method=method, x_T=x), x_T)

@@ -1,6 +1,5 @@
 """EDM's Heun and stochastic samplers against diffusers' HeunDiscreteScheduler, a float64 numpy
 Algorithm 2 written here from the paper, and the exact probability-flow ODE of a Gaussian mixture."""
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +11,7 @@ from bench.samplers import continuous_eps_fn, continuous_model_fn, exact_pf_ode,
 from diffusion_jax import schedules
 from diffusion_jax.gaussian_mixture import GaussianMixture
 from diffusion_jax.samplers import edm
+from transforms import assert_jit_and_pmap_agree
 
 T = 1000
 SHAPE = (4, 4, 2, 2)
@@ -188,13 +188,10 @@ def test_mean_types_agree():
     edm.heun_sample(eps_fn, sched, SHAPE, key, num_steps=8, mean_type="mean")
 
 
-class VariantsTest(chex.TestCase):
-
-  @chex.variants(with_jit=True, with_pmap=True)
-  def test_variants_agree(self):
-    sched, (mixture, _) = _schedule(), _mixture()
-    model = continuous_eps_fn(mixture, sched)
-    x_T = jax.random.normal(jax.random.PRNGKey(1), SHAPE)
-    run = lambda x: edm.stochastic_sample(model, sched, SHAPE, jax.random.PRNGKey(2), num_steps=6,
-                                          s_churn=20.0, x_T=x)
-    np.testing.assert_allclose(self.variant(run)(x_T), run(x_T), atol=1e-5)
+def test_jit_and_pmap_agree():
+  sched, (mixture, _) = _schedule(), _mixture()
+  model = continuous_eps_fn(mixture, sched)
+  x_T = jax.random.normal(jax.random.PRNGKey(1), SHAPE)
+  assert_jit_and_pmap_agree(
+      lambda x: edm.stochastic_sample(model, sched, SHAPE, jax.random.PRNGKey(2), num_steps=6,
+                                      s_churn=20.0, x_T=x), x_T)

@@ -114,6 +114,19 @@ def test_classifier_config_errors_name_the_field():
     config_validation.validate_classifier_config(config, num_devices=8)
 
 
+def test_guidance_of_a_score_model_is_rejected():
+  config = _config()
+  config.sampling.guidance.kind = "classifier_free"
+  config_validation.validate_config(config, num_devices=8)  # a DDPM model: fine
+  config.diffusion.objective, config.diffusion.sde = "score_sde", "vp"
+  config.diffusion.num_timesteps = 1000
+  config.sampling.sampler, config.sampling.num_steps = "pc", 4
+  config.eval.compute_bpd = False
+  with pytest.raises(config_validation.ConfigError,
+                     match=r"sampling.guidance.kind.*objective='score_sde'.*kind=none"):
+    config_validation.validate_config(config, num_devices=8)
+
+
 def test_band_of_splits_t_into_equal_bands():
   t = jnp.array([0, 249, 250, 499, 500, 999])
   np.testing.assert_array_equal(classifier_training.band_of(t, 1000, 4), [0, 0, 1, 1, 2, 3])

@@ -1,6 +1,5 @@
 """The probability-flow ODE sampler (diffrax) against closed forms: Gaussian data, whose PF-ODE map
 is affine, and the float64 scipy solution of the Gaussian-mixture ODE (bench.samplers.exact_pf_ode)."""
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +9,7 @@ from bench.samplers import continuous_eps_fn, continuous_model_fn, exact_pf_ode
 from diffusion_jax import schedules, sde as sde_lib
 from diffusion_jax.gaussian_mixture import GaussianMixture
 from diffusion_jax.samplers import grids, ode
+from transforms import assert_jit_and_pmap_agree
 
 T = 1000
 SHAPE = (4, 2, 2, 2)
@@ -160,12 +160,9 @@ def test_options_are_validated():
     ode.ode_sample(model, np.ones(T), SHAPE, jax.random.PRNGKey(0))
 
 
-class VariantsTest(chex.TestCase):
-
-  @chex.variants(with_jit=True, with_pmap=True)
-  def test_variants_agree(self):
-    sched, (mixture, _) = _schedule(), _mixture()
-    model = continuous_eps_fn(mixture, sched)
-    x_T = jax.random.normal(jax.random.PRNGKey(1), SHAPE)
-    run = lambda x: ode.ode_sample(model, sched, SHAPE, None, x_T=x, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(self.variant(run)(x_T), run(x_T), atol=1e-5)
+def test_jit_and_pmap_agree():
+  sched, (mixture, _) = _schedule(), _mixture()
+  model = continuous_eps_fn(mixture, sched)
+  x_T = jax.random.normal(jax.random.PRNGKey(1), SHAPE)
+  assert_jit_and_pmap_agree(
+      lambda x: ode.ode_sample(model, sched, SHAPE, None, x_T=x, rtol=1e-4, atol=1e-4), x_T)
