@@ -89,6 +89,7 @@ def get_config() -> config_dict.ConfigDict:
   training.sample_every_steps = 50_000  # Sample-grid period with the EMA params, steps; 0 = never.
   training.num_grid_samples = 64  # Images in each sample grid.
   training.keep_checkpoints = 3  # Keep the last N checkpoints.
+  training.n_jitted_steps = 1  # Optimizer steps per device dispatch (one lax.scan over k batches).
   # Class-conditional models (model.num_classes): probability of replacing a label by the null
   # label model.num_classes, so one network is conditional, unconditional and classifier-free
   # guided (Ho & Salimans 2022 use 0.1 or 0.2); 0 = always the label.

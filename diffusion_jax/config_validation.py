@@ -53,6 +53,22 @@ def _check_divisible(config: ml_collections.ConfigDict, field: str, num_devices:
           f"e.g. --config.{field}={lower} or --config.{field}={lower + num_devices}.")
 
 
+def _check_jitted_steps(config: ml_collections.ConfigDict) -> None:
+  """training.n_jitted_steps = k: every period the loop acts on is a multiple of k, since it
+  logs, checkpoints and samples only between dispatches of k steps."""
+  _check_positive_int(config, "training.n_jitted_steps")
+  k = config.training.n_jitted_steps
+  for field in ("num_train_steps", "checkpoint_every_steps", "log_every_steps",
+                "sample_every_steps"):
+    value = config.training[field]
+    if value % k:  # sample_every_steps = 0 (never) passes
+      lower = max(k, value // k * k)
+      _fail(f"training.{field}", value,
+            f"must be a multiple of training.n_jitted_steps={k} (the loop runs {k} steps per "
+            f"dispatch and acts only between dispatches); use e.g. --config.training.{field}="
+            f"{lower} or {lower + k}, or --config.training.n_jitted_steps=1.")
+
+
 def _check_score_objective(config: ml_collections.ConfigDict) -> None:
   """The fields a score-matching objective (score_sde, ncsn) reads, and what it cannot do."""
   d = config.diffusion
@@ -199,6 +215,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
                 "num_grid_samples"):
     _check_positive_int(config, f"training.{field}")
   _check_positive_int(config, "training.sample_every_steps", allow_zero=True)
+  _check_jitted_steps(config)
   if not 0.0 <= training.label_dropout < 1.0:
     _fail("training.label_dropout", training.label_dropout, "must be in [0, 1), e.g. 0.1.")
   if training.label_dropout > 0 and not model.num_classes:

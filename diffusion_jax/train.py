@@ -20,6 +20,7 @@ import signal
 from typing import Callable, NamedTuple, Optional
 
 from absl import logging
+import chex
 import flax.linen as nn
 import flax.serialization
 import jax
@@ -150,6 +151,43 @@ def score_objective(config: ml_collections.ConfigDict, diffusion_: diffusion.Gau
   return None
 
 
+def make_multi_step(step: TrainStep, n_steps: int) -> TrainStep:
+  """`n_steps` consecutive calls of a per-device step as one, with `lax.scan` (score_sde's
+  training.n_jitted_steps): fewer dispatches of the same computation.
+
+  Step j of the scan sees batch j and the state step j - 1 left, so it computes what
+  `n_steps` separate calls compute; its keys still come from fold_in(train_key, state.step)
+  and the global example index. Equal to float32 rounding, not bit for bit: XLA:CPU compiles a
+  scan body with other convolution kernels (it canonicalizes convolutions for Eigen in the
+  entry computation only) and other FMA contractions (tests/n_jitted_steps_test.py).
+
+  Args:
+    step: a per-device step(state, batch) -> (state, metrics), e.g. `make_train_step`'s.
+    n_steps: steps per call; 1 returns `step` itself (no scan).
+
+  Returns:
+    multi(state, batches) -> (state, metrics); batches holds this device's 'image'
+    [n_steps, n, H, W, C] (and 'label' [n_steps, n]); each metric is stacked to [n_steps].
+  """
+  if n_steps == 1:
+    return step
+
+  def multi(state: train_state.TrainState, batches: dict) -> tuple[train_state.TrainState, dict]:
+    chex.assert_tree_shape_prefix(batches, (n_steps,))
+    return jax.lax.scan(step, state, batches)
+
+  return multi
+
+
+def stack_batches(batches: list[dict]) -> dict:
+  """k host batches [local_devices, n, ...] -> one [local_devices, k, n, ...] for `shard`.
+
+  The step axis goes second, so `parallel.shard` splits the device axis as for one batch and
+  each device's part is [k, n, ...], what `make_multi_step` scans over.
+  """
+  return jax.tree.map(lambda *xs: np.stack(xs, axis=1), *batches)
+
+
 def pmap_train_step(step: TrainStep, mesh: jax.sharding.Mesh) -> TrainStep:
   """pmaps a per-device step over the mesh's devices, donating the state."""
   return parallel.pmap(step, mesh, donate_argnums=(0,))
@@ -159,7 +197,7 @@ NonFiniteLossError = errors.NonFiniteLossError
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps (then saves and returns)."""
+  """Turns SIGTERM into a flag the loop checks between dispatches (then saves and returns)."""
 
   def __init__(self):
     self.requested = False
@@ -174,7 +212,8 @@ class _Preemption:
 
   def _handler(self, signum, frame):
     del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint after this step, then exiting.")
+    logging.warning("SIGTERM received: saving a checkpoint after the current step(s), then "
+                    "exiting.")
     self.requested = True
 
   def __exit__(self, *exc):
@@ -217,6 +256,17 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     json.dump(json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True)
 
 
+def _per_step(pending: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+  """Host metrics of each pending step: an entry (s, metrics) of a dispatch of k steps holds
+  metrics stacked to [k] (`make_multi_step`), those of steps s - k + 1, ..., s."""
+  host = []
+  for last, metrics in pending:
+    values = {k: np.atleast_1d(v) for k, v in parallel.unreplicate(metrics).items()}
+    n = len(next(iter(values.values())))
+    host += [(last - n + 1 + j, {k: float(v[j]) for k, v in values.items()}) for j in range(n)]
+  return host
+
+
 def _check_finite(pending: list[tuple[int, dict]], last_checkpoint: Optional[int],
                   workdir: str) -> dict:
   """Fetches the metrics of the pending steps; raises NonFiniteLossError on the first NaN/Inf.
@@ -224,7 +274,7 @@ def _check_finite(pending: list[tuple[int, dict]], last_checkpoint: Optional[int
   Returns:
     The mean of each metric over the pending steps.
   """
-  host = [(s, {k: float(v) for k, v in parallel.unreplicate(m).items()}) for s, m in pending]
+  host = _per_step(pending)
   for step, metrics in host:
     bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
     if bad:
@@ -245,6 +295,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
 
   Writes config.json, TensorBoard scalars, checkpoints and sample grids in `workdir`. On
   SIGTERM it saves a checkpoint and returns early; rerunning the same command continues.
+
+  With training.n_jitted_steps = k > 1, each dispatch runs k steps (`make_multi_step`) on k
+  consecutive batches, and logging, checkpoints, grids and preemption happen between
+  dispatches (the validator makes their periods multiples of k). A run resumed from a
+  checkpoint whose step is not a multiple of k (written with another n_jitted_steps) takes
+  single steps up to the next multiple, then k at a time.
   """
   config_validation.validate_config(config, num_devices=jax.device_count())
   # TensorFlow comes with these; imported after validation, so a config error returns at once.
@@ -291,7 +347,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
 
   state = parallel.replicate(host_state, mesh)
   del host_state
-  p_train_step = pmap_train_step(make_train_step(config, model, diffusion_, tx), mesh)
+  k = tcfg.n_jitted_steps
+  step_fn = make_train_step(config, model, diffusion_, tx)
+  p_train_step = pmap_train_step(step_fn, mesh)  # compiled on its first call only
+  p_multi_step = pmap_train_step(make_multi_step(step_fn, k), mesh) if k > 1 else None
   grid_batch = -(-tcfg.num_grid_samples // mesh.devices.size) * mesh.devices.size
   grid_sampler = inference.make_sampler(config, model, diffusion_, mesh, grid_batch)
   grid_key = experiment.base_keys(config)["sample"]
@@ -318,10 +377,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   step = start_step
   with metric_writers.ensure_flushes(writer), _Preemption() as preemption, _closing(manager):
     while step < tcfg.num_train_steps:
-      state, metrics = p_train_step(state, parallel.shard(next(train_iter), mesh))
-      step += 1
-      pending.append((step, metrics))
-      report(step)
+      # k steps per dispatch; single steps up to the next multiple of k (a resumed run).
+      n = k if step % k == 0 else 1
+      batches = [next(train_iter) for _ in range(n)]
+      if n == 1:
+        state, metrics = p_train_step(state, parallel.shard(batches[0], mesh))
+      else:
+        state, metrics = p_multi_step(state, parallel.shard(stack_batches(batches), mesh))
+      pending.append((step + n, metrics))
+      for _ in range(n):  # clu's progress report wants every step
+        step += 1
+        report(step)
       final = step == tcfg.num_train_steps
       checkpoint_now = final or preemption.requested or step % tcfg.checkpoint_every_steps == 0
       if checkpoint_now or step % tcfg.log_every_steps == 0:
