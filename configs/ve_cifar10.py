@@ -18,27 +18,14 @@ clip at 1.0 is not).
 Expect: not measured here (no accelerator).
 """
 
-from configs import cifar10
+from configs import _score_sde_cifar10
 
 
 def get_config():
   """Returns the continuous VE CIFAR-10 configuration."""
-  config = cifar10.get_config()
-  config.diffusion.objective = "score_sde"
-  config.diffusion.sde = "ve"
+  config = _score_sde_cifar10.get_config("ve", ema_decay=0.999, predictor="reverse_diffusion",
+                                         corrector="langevin")
   config.diffusion.sigma_min = 0.02
   config.diffusion.sigma_max = 100.0
-  config.diffusion.num_timesteps = 1000  # N: the sampler's steps
-  config.diffusion.mean_type = "eps"
-  config.diffusion.sde_weighting = "sigma2"
-  config.diffusion.sde_eps = 1e-5
-
-  config.training.num_train_steps = 1_300_000
-  config.training.ema_decay = 0.999
-
-  config.sampling.sampler = "pc"
-  config.sampling.pc.predictor = "reverse_diffusion"
-  config.sampling.pc.corrector = "langevin"
   config.sampling.pc.snr = 0.16
-  config.eval.compute_bpd = False  # the DDPM bound does not apply; the ODE likelihood would
   return config

@@ -14,26 +14,13 @@ Expect: not measured here (no accelerator); Song et al. 2021, Table 3, reports t
 FID and bits/dim.
 """
 
-from configs import cifar10
+from configs import _score_sde_cifar10
 
 
 def get_config():
   """Returns the continuous VP CIFAR-10 configuration."""
-  config = cifar10.get_config()
-  config.diffusion.objective = "score_sde"
-  config.diffusion.sde = "vp"
+  config = _score_sde_cifar10.get_config("vp", ema_decay=0.9999, predictor="euler_maruyama",
+                                         corrector="none")
   config.diffusion.beta_min = 0.1
   config.diffusion.beta_max = 20.0
-  config.diffusion.num_timesteps = 1000  # N: the sampler's steps
-  config.diffusion.mean_type = "eps"
-  config.diffusion.sde_weighting = "sigma2"
-  config.diffusion.sde_eps = 1e-5
-
-  config.training.num_train_steps = 1_300_000
-  config.training.ema_decay = 0.9999
-
-  config.sampling.sampler = "pc"
-  config.sampling.pc.predictor = "euler_maruyama"
-  config.sampling.pc.corrector = "none"
-  config.eval.compute_bpd = False  # the DDPM bound does not apply; the ODE likelihood would
   return config

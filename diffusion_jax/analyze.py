@@ -204,7 +204,9 @@ def _plot_rate_distortion(rd: analysis.RateDistortion) -> np.ndarray:
   axes[1].plot(t, rd.distortion_rmse)
   axes[1].set(xlabel="reverse process step t", ylabel="distortion (RMSE, [0, 255])",
               title="distortion of x0_hat")
-  axes[2].plot(np.append(rd.rate_bpd, rd.total_bpd), np.append(rd.distortion_rmse, 0.0))
+  # In the receiver's order, t = T-1 .. 0, then the lossless end point after the decoder.
+  axes[2].plot(np.append(rd.rate_bpd[::-1], rd.total_bpd),
+               np.append(rd.distortion_rmse[::-1], 0.0))
   axes[2].set(xlabel="rate (bits/dim)", ylabel="distortion (RMSE, [0, 255])",
               title=f"rate-distortion (lossless at {rd.total_bpd:.3f} bits/dim)")
   for ax in axes[:2]:
