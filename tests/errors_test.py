@@ -103,3 +103,18 @@ def test_debug_flag_shows_the_traceback(tmp_path):
   returncode, output = _run([TINY, "--config.training.batch_size=-8", "--debug"],
                             str(tmp_path / "w"), str(tmp_path))
   assert returncode != 0 and "Traceback" in output and "ConfigError" in output
+
+
+def test_a_config_error_returns_before_tensorflow_is_imported(tmp_path):
+  """Validation runs before the input pipeline: a bad field costs seconds, not a TF import."""
+  args = [TINY, f"--workdir={tmp_path}", "--config.training.batch_size=-8"]
+  probe = ("import atexit, runpy, sys\n"
+           "atexit.register(lambda: print('tensorflow imported:', 'tensorflow' in sys.modules))\n"
+           f"sys.argv = ['main.py', *{args!r}]\n"
+           "runpy.run_path('main.py', run_name='__main__')\n")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 2 and "config.training.batch_size=-8" in out.stderr, out.stderr[-2000:]
+  assert "tensorflow imported: False" in out.stdout, out.stdout
