@@ -1,6 +1,6 @@
 """Accelerator throughput of one config: train steps/s, 20-NFE sampling, compile time, memory, MFU.
 
-  python -m bench.gpu                                # configs/cifar10.py, < 8 min on one H100/H200
+  python -m bench.gpu                                # configs/cifar10.py; budgeted to 8 min (--budget_s)
   python -m bench.gpu --skip_bf16 --n_jitted_steps=1 # float32 only, no multi-step row
   python -m bench.gpu --train_dtypes=bfloat16 --sample_dtypes= --batch=256   # one row
   python -m bench.gpu --config=tiny --batch=16 --steps=2 --windows=2 --sample_batch=16  # CPU smoke
