@@ -45,9 +45,10 @@ import json
 import math
 import os
 import subprocess
-import sys
 import time
 from typing import Optional
+
+from bench import common
 
 SAMPLER = "dpm_solver++"  # order 2, multistep: DPM-Solver++(2M)
 PROJECTED_SAMPLES = 50_000
@@ -165,30 +166,15 @@ def _first_and_warm(call, sync, warmup: int) -> float:
   return first
 
 
-def _host_batch(config, mesh) -> dict:
-  """One fixed batch of uniform noise images [local_devices, per_device, H, W, C] (no pipeline)."""
-  import numpy as np
-  from diffusion_jax import parallel
-  layout = parallel.batch_layout(config.training.batch_size, mesh)
-  shape = (layout.local_devices, layout.per_device)
-  size, ch = config.data.image_size, config.data.num_channels
-  image = np.random.default_rng(0).uniform(-1, 1, shape + (size, size, ch)).astype(np.float32)
-  return {"image": image, "label": np.zeros(shape, np.int32)}
-
-
 def _train_row(args: argparse.Namespace) -> dict:
   import jax
   import numpy as np
-  from diffusion_jax import config_validation, experiment, parallel, train, train_state
+  from diffusion_jax import config_validation, parallel, train
 
   config = _config(args)
   config_validation.validate_config(config, num_devices=jax.device_count())
   mesh = parallel.make_mesh()
-  model, diffusion_ = experiment.create_model(config), experiment.create_diffusion(config)
-  tx = train_state.make_optimizer(config)
-  state = parallel.replicate(jax.device_get(experiment.init_train_state(config, model, tx)), mesh)
-  step_fn = train.make_train_step(config, model, diffusion_, tx)
-  host = _host_batch(config, mesh)
+  model, step_fn, state, host = common.train_setup(config, mesh)
   one_batch = parallel.shard(host, mesh)
   k = args.k
   batch = parallel.shard(train.stack_batches([host] * k), mesh) if k > 1 else one_batch
@@ -257,7 +243,7 @@ def _worker(args: argparse.Namespace) -> None:
   jax.config.update("jax_enable_compilation_cache", False)  # compile times must be real
   row = _train_row(args) if args.worker == "train" else _sample_row(args)
   row["hardware"] = _hardware()
-  print("RESULT " + json.dumps(row), flush=True)
+  common.emit_result(row)
 
 
 # ---------------------------------------------------------------- driver side (no jax)
@@ -275,17 +261,13 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, str, int]]:
 
 
 def _spawn(args: argparse.Namespace, worker: str, dtype: str, k: int, timeout: float) -> dict:
-  cmd = [sys.executable, "-m", "bench.gpu", f"--worker={worker}", f"--dtype={dtype}", f"--k={k}",
-         f"--config={args.config}", f"--batch={args.batch}", f"--steps={args.steps}",
-         f"--windows={args.windows}", f"--warmup={args.warmup}",
-         f"--sample_batch={args.sample_batch}", f"--nfe={args.nfe}"]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=timeout)
-  for line in proc.stdout.splitlines():
-    if line.startswith("RESULT "):
-      return json.loads(line[len("RESULT "):])
-  raise RuntimeError(f"exit {proc.returncode}: {proc.stderr[-3000:]}")
+  return common.run_worker(
+      ["-m", "bench.gpu", f"--worker={worker}", f"--dtype={dtype}", f"--k={k}",
+       f"--config={args.config}", f"--batch={args.batch}", f"--steps={args.steps}",
+       f"--windows={args.windows}", f"--warmup={args.warmup}",
+       f"--sample_batch={args.sample_batch}", f"--nfe={args.nfe}"], env,
+      what=f"{worker} worker", timeout=timeout)
 
 
 def _parse_peak(text: str) -> dict[str, float]:

@@ -19,12 +19,11 @@ fastest window. The table gives the best round: steps/s, images/s, CPU seconds p
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
-import subprocess
-import sys
 import time
+
+from bench import common
 
 BATCH = {"digits": 64, "cifar10": 8}
 
@@ -47,20 +46,14 @@ def run_jax(name: str, batch: int, steps: int, windows: int) -> dict:
   import jax
   import numpy as np
   from bench import peers
-  from diffusion_jax import experiment, parallel, train, train_state
+  from diffusion_jax import parallel, train
 
   config = peers.config(name)
   config.training.batch_size = batch
-  model, diffusion_ = experiment.create_model(config), experiment.create_diffusion(config)
-  tx = train_state.make_optimizer(config)
   mesh = parallel.make_mesh(jax.local_devices()[:1])
-  state = parallel.replicate(jax.device_get(experiment.init_train_state(config, model, tx)), mesh)
-  p_step = train.pmap_train_step(train.make_train_step(config, model, diffusion_, tx), mesh)
-  size, ch = config.data.image_size, config.data.num_channels
-  rng = np.random.default_rng(0)
-  batch_data = parallel.shard({
-      "image": rng.uniform(-1, 1, (1, batch, size, size, ch)).astype(np.float32),
-      "label": np.zeros((1, batch), np.int32)}, mesh)
+  _, step_fn, state, host_batch = common.train_setup(config, mesh)
+  p_step = train.pmap_train_step(step_fn, mesh)
+  batch_data = parallel.shard(host_batch, mesh)
   holder = {"state": state, "metrics": None}
 
   def step():
@@ -130,21 +123,16 @@ def _worker(args) -> None:
   else:
     out = run_torch(args.configs, args.batch, args.steps, args.windows, args.torch_threads)
   out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  print("RESULT " + json.dumps(out), flush=True)
+  common.emit_result(out)
 
 
 def _spawn(framework: str, name: str, batch: int, args) -> dict:
-  cmd = [sys.executable, "-m", "bench.train_step", f"--worker={framework}", f"--configs={name}",
-         f"--batch={batch}", f"--steps={args.steps}", f"--windows={args.windows}",
-         f"--torch_threads={args.torch_threads}"]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   env.pop("XLA_FLAGS", None)  # one CPU device, as `python main.py` sees it
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  for line in proc.stdout.splitlines():
-    if line.startswith("RESULT "):
-      return json.loads(line[len("RESULT "):])
-  raise RuntimeError(f"{framework} worker failed:\n{proc.stderr[-3000:]}")
+  return common.run_worker(
+      ["-m", "bench.train_step", f"--worker={framework}", f"--configs={name}", f"--batch={batch}",
+       f"--steps={args.steps}", f"--windows={args.windows}",
+       f"--torch_threads={args.torch_threads}"], env, what=f"{framework} worker")
 
 
 def main() -> None:
