@@ -57,7 +57,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from diffusion_jax import errors
-from diffusion_jax.dataset_names import DATASETS, IN_MEMORY_DATASETS, TFDS_DATASETS  # noqa: F401
+from diffusion_jax.dataset_names import IN_MEMORY_DATASETS
 from diffusion_jax.datasets import folder
 
 folder_split_files = folder.split_files  # the folder split rule (module docstring)
