@@ -2,6 +2,7 @@
 
   python -m bench.train_step                          # digits (batch 64) and cifar10 (batch 8)
   python -m bench.train_step --configs=digits --steps=100 --rounds=3
+  python -m bench.train_step --configs=digits --batch=128 --n_jitted_steps=4 [--rolled]
 
 Ours: `train.make_train_step` (U-Net forward/backward, L_simple, pmean, global-norm clipping,
 Adam with warmup, EMA) pmapped over one CPU device. Peer: diffusers' `UNet2DModel` with the same
@@ -42,7 +43,8 @@ def _timed_windows(step, steps: int, windows: int, sync) -> tuple[float, float]:
   return best
 
 
-def run_jax(name: str, batch: int, steps: int, windows: int) -> dict:
+def run_jax(name: str, batch: int, steps: int, windows: int, n_jitted_steps: int = 1,
+            rolled: bool = False) -> dict:
   import jax
   import numpy as np
   from bench import peers
@@ -52,8 +54,11 @@ def run_jax(name: str, batch: int, steps: int, windows: int) -> dict:
   config.training.batch_size = batch
   mesh = parallel.make_mesh(jax.local_devices()[:1])
   _, step_fn, state, host_batch = common.train_setup(config, mesh)
-  p_step = train.pmap_train_step(step_fn, mesh)
-  batch_data = parallel.shard(host_batch, mesh)
+  k = n_jitted_steps  # k steps per dispatch on k copies of the batch; timed per step
+  p_step = train.pmap_train_step(
+      train.make_multi_step(step_fn, k, unroll=False if rolled else None), mesh)
+  batch_data = parallel.shard(train.stack_batches([host_batch] * k) if k > 1 else host_batch,
+                              mesh)
   holder = {"state": state, "metrics": None}
 
   def step():
@@ -63,12 +68,12 @@ def run_jax(name: str, batch: int, steps: int, windows: int) -> dict:
   step()
   jax.block_until_ready(holder["metrics"])
   compile_s = time.perf_counter() - start
-  for _ in range(3):
+  for _ in range(-(-3 // k)):
     step()
-  wall, cpu = _timed_windows(step, steps, windows,
+  wall, cpu = _timed_windows(step, max(1, steps // k), windows,
                              lambda: jax.block_until_ready(holder["state"].params))
-  return {"wall_s": wall, "cpu_s": cpu, "compile_s": compile_s,
-          "loss": float(np.asarray(holder["metrics"]["loss"])[0])}
+  return {"wall_s": wall / k, "cpu_s": cpu / k, "compile_s": compile_s,
+          "loss": float(np.asarray(holder["metrics"]["loss"]).reshape(-1)[-1])}
 
 
 def run_torch(name: str, batch: int, steps: int, windows: int, threads: int) -> dict:
@@ -119,7 +124,8 @@ def run_torch(name: str, batch: int, steps: int, windows: int, threads: int) -> 
 
 def _worker(args) -> None:
   if args.worker == "jax":
-    out = run_jax(args.configs, args.batch, args.steps, args.windows)
+    out = run_jax(args.configs, args.batch, args.steps, args.windows, args.n_jitted_steps,
+                  args.rolled)
   else:
     out = run_torch(args.configs, args.batch, args.steps, args.windows, args.torch_threads)
   out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -132,6 +138,7 @@ def _spawn(framework: str, name: str, batch: int, args) -> dict:
   return common.run_worker(
       ["-m", "bench.train_step", f"--worker={framework}", f"--configs={name}", f"--batch={batch}",
        f"--steps={args.steps}", f"--windows={args.windows}",
+       f"--n_jitted_steps={args.n_jitted_steps}", *(["--rolled"] if args.rolled else []),
        f"--torch_threads={args.torch_threads}"], env, what=f"{framework} worker")
 
 
@@ -143,6 +150,10 @@ def main() -> None:
   parser.add_argument("--windows", type=int, default=3)
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--torch_threads", type=int, default=os.cpu_count() or 1)
+  parser.add_argument("--n_jitted_steps", type=int, default=1,
+                      help="ours: steps per dispatch (train.make_multi_step); timed per step")
+  parser.add_argument("--rolled", action="store_true",
+                      help="with --n_jitted_steps > 1: a rolled scan, also on CPU")
   parser.add_argument("--worker", choices=["jax", "torch"], default=None)
   args = parser.parse_args()
   if args.worker:
@@ -165,7 +176,9 @@ def main() -> None:
   print(f"\n{'config':8} {'batch':>5} {'impl':18} {'steps/s':>8} {'img/s':>8} {'CPU ms/step':>11} "
         f"{'peak RSS MB':>11} {'1st step s':>10} {'ours/peer':>9}")
   for name, batch, ours, peer in rows:
-    for label, r in (("ours (JAX pmap)", ours), ("diffusers + torch", peer)):
+    ours_label = "ours (JAX pmap)" if args.n_jitted_steps == 1 else (
+        f"ours, k={args.n_jitted_steps}" + (" rolled" if args.rolled else ""))
+    for label, r in ((ours_label, ours), ("diffusers + torch", peer)):
       ratio = f"{peer['wall_s'] / ours['wall_s']:.2f}x" if r is ours else ""
       print(f"{name:8} {batch:5d} {label:18} {1 / r['wall_s']:8.2f} {batch / r['wall_s']:8.1f} "
             f"{r['cpu_s'] * 1e3:11.1f} {r['peak_rss_mb']:11.0f} {r['compile_s']:10.1f} {ratio:>9}")

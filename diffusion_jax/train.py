@@ -151,19 +151,23 @@ def score_objective(config: ml_collections.ConfigDict, diffusion_: diffusion.Gau
   return None
 
 
-def make_multi_step(step: TrainStep, n_steps: int) -> TrainStep:
+def make_multi_step(step: TrainStep, n_steps: int, unroll: Optional[bool] = None) -> TrainStep:
   """`n_steps` consecutive calls of a per-device step as one, with `lax.scan` (score_sde's
   training.n_jitted_steps): fewer dispatches of the same computation.
 
   Step j of the scan sees batch j and the state step j - 1 left, so it computes what
   `n_steps` separate calls compute; its keys still come from fold_in(train_key, state.step)
-  and the global example index. Equal to float32 rounding, not bit for bit: XLA:CPU compiles a
-  scan body with other convolution kernels (it canonicalizes convolutions for Eigen in the
-  entry computation only) and other FMA contractions (tests/n_jitted_steps_test.py).
+  and the global example index. On CPU the scan is unrolled: XLA:CPU canonicalizes
+  convolutions for its Eigen kernels in the entry computation only, so a rolled loop body runs
+  generic convolutions, ~27x slower per step at digits batch 128 (`python -m bench.train_step
+  --n_jitted_steps=4 --rolled`). Equal to float32 rounding, not bit for bit: XLA fuses, hence
+  contracts a * b + c into FMAs, differently across step boundaries
+  (tests/n_jitted_steps_test.py).
 
   Args:
     step: a per-device step(state, batch) -> (state, metrics), e.g. `make_train_step`'s.
     n_steps: steps per call; 1 returns `step` itself (no scan).
+    unroll: unroll the scan; None: on CPU only.
 
   Returns:
     multi(state, batches) -> (state, metrics); batches holds this device's 'image'
@@ -171,10 +175,12 @@ def make_multi_step(step: TrainStep, n_steps: int) -> TrainStep:
   """
   if n_steps == 1:
     return step
+  if unroll is None:
+    unroll = jax.default_backend() == "cpu"
 
   def multi(state: train_state.TrainState, batches: dict) -> tuple[train_state.TrainState, dict]:
     chex.assert_tree_shape_prefix(batches, (n_steps,))
-    return jax.lax.scan(step, state, batches)
+    return jax.lax.scan(step, state, batches, unroll=unroll)
 
   return multi
 

@@ -3,13 +3,15 @@ lax.scan inside the pmapped step) compute the k single steps, through the real l
 sharding, per-step metrics, resuming at a step that is not a multiple of k); and the
 validator's errors.
 
-Not bit for bit on XLA:CPU: the scan's body is a while-loop body, where XLA:CPU leaves the
-backward convolutions in JAX's dimension order (its ConvCanonicalization pass visits only the
-entry computation, so they are not Eigen convolutions) and fuses, hence contracts a * b + c into
-FMAs, differently. After 12 tiny-config steps the parameters differ by < 1e-6 (one step moves
-them by ~1e-3), each step's metrics by < 3e-7 relative: the k = 1 comparisons use tolerances
-just above that, which any wrong batch or step order exceeds by orders of magnitude. Runs with
-the same k run the same programs and are compared bit for bit.
+Not bit for bit on XLA:CPU: there the scan is unrolled (a rolled loop body would get no Eigen
+convolutions: XLA:CPU's ConvCanonicalization pass visits only the entry computation), and XLA
+fuses, hence contracts a * b + c into FMAs, differently in one program of k steps than in k
+programs of one (optimization barriers between the steps do not change that: XLA:CPU drops them
+before fusion; the EMA and Adam's second moment differ first). After 12 tiny-config steps the
+parameters differ by < 1e-6 (one step moves them by ~1e-3), each step's metrics by < 3e-7
+relative: the k = 1 comparisons use tolerances just above that, which any wrong batch or step
+order exceeds by orders of magnitude. Runs with the same k run the same programs and are compared
+bit for bit.
 
 Runs on the 8 fake CPU devices of conftest.py with configs/tiny.py.
 """
@@ -24,7 +26,8 @@ from configs import tiny
 from diffusion_jax import config_validation, parallel, train
 
 
-def test_multi_step_scans_and_stacks_metrics():
+@pytest.mark.parametrize("unroll", [None, False])  # CPU's default (unrolled), and rolled
+def test_multi_step_scans_and_stacks_metrics(unroll):
   """A toy step with a pmean and per-step randomness: k = 3 in one call equals 3 calls."""
 
   def step(state, batch):
@@ -35,7 +38,7 @@ def test_multi_step_scans_and_stacks_metrics():
   assert train.make_multi_step(step, 1) is step  # k = 1: the step itself, no scan
   mesh = parallel.make_mesh(jax.local_devices()[:2])
   single = parallel.pmap(step, mesh)
-  multi = parallel.pmap(train.make_multi_step(step, 3), mesh)
+  multi = parallel.pmap(train.make_multi_step(step, 3, unroll), mesh)
   host = {"step": np.int32(0), "w": np.float32(1.0)}
   batches = [{"x": np.arange(4, dtype=np.float32).reshape(2, 2) + i} for i in range(3)]
   state, gs = parallel.replicate(host, mesh), []
