@@ -81,6 +81,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_quiet_orbax)
+  from diffusion_jax import xla_flags  # pylint: disable=g-import-not-at-top
+  xla_flags.apply(FLAGS.config)  # before JAX's first computation creates the backend
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.jax_distributed:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU only; GPUs use NCCL

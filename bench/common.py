@@ -33,6 +33,18 @@ def run_worker(args: list[str], env: dict, *, what: str, timeout: Optional[float
   raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
+YNNPACK_CHOICES = ("config", "on", "off")  # a benchmark's --xla_cpu_ynnpack
+
+
+def apply_xla_flags(config, ynnpack: str = "config") -> None:
+  """Sets the XLA flags of `config` (YNNPACK "on" / "off" overriding it) as `main.py` does;
+  call it before JAX's first computation."""
+  from diffusion_jax import xla_flags  # pylint: disable=g-import-not-at-top
+  if ynnpack != "config":
+    config.xla_cpu_ynnpack = ynnpack == "on"
+  xla_flags.apply(config)
+
+
 def train_setup(config, mesh):
   """Our trainer's pieces for a benchmark of its step on `mesh`.
 

@@ -6,6 +6,7 @@ Analytic-DPM's bound, SDE samplers on the exact score, and speed against diffuse
   python -m bench.samplers --parts=sde --sde_nfe=50,100,200,500,1000
   python -m bench.samplers --parts=accuracy,adaptive --tolerances=1e-3,1e-5 --solvers=tsit5
   python -m bench.samplers --parts=speed --speed_models=digits,cifar10 --cifar_batch=8
+  python -m bench.samplers --parts=speed --speed_models=digits --xla_cpu_ynnpack=off
 
 accuracy: data is a Gaussian mixture, so E[x_0 | x_t] is exact and any error is the sampler's.
   Every sampler starts from the same x_T at step T-1 of the linear T = 1000 schedule; its result
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import time
 
@@ -44,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import losses, schedules, sde as sde_lib
+from diffusion_jax import losses, schedules, sde as sde_lib, xla_flags
 from diffusion_jax.evaluation import frechet_distance
 from diffusion_jax.gaussian_mixture import GaussianMixture
 from diffusion_jax.samplers import analytic, ddim, dpm_solver, edm, grids, langevin, ode, pc
@@ -478,7 +480,12 @@ def main():
   parser.add_argument("--cifar_steps", type=int, default=10)
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--torch_threads", default="1,2", help="torch thread counts tried; best reported")
+  parser.add_argument("--xla_cpu_ynnpack", choices=("on", "off"), default="on",
+                      help="XLA:CPU's YNNPACK fusions for the whole run (diffusion_jax.xla_flags): "
+                      "jaxlib's default, or off as configs/digits.py sets it")
   args = parser.parse_args()
+  os.environ["XLA_FLAGS"] = xla_flags.with_config_flags(  # before the first computation
+      os.environ.get("XLA_FLAGS", ""), ynnpack=args.xla_cpu_ynnpack == "on")
   parts = args.parts.split(",")
   if "accuracy" in parts:
     accuracy([int(n) for n in args.nfe.split(",")], args.batch)

@@ -3,12 +3,14 @@
   python -m bench.train_step                          # digits (batch 64) and cifar10 (batch 8)
   python -m bench.train_step --configs=digits --steps=100 --rounds=3
   python -m bench.train_step --configs=digits --batch=128 --n_jitted_steps=4 [--rolled]
+  python -m bench.train_step --configs=digits --xla_cpu_ynnpack=on   # jaxlib's CPU default
 
 Ours: `train.make_train_step` (U-Net forward/backward, L_simple, pmean, global-norm clipping,
 Adam with warmup, EMA) pmapped over one CPU device. Peer: diffusers' `UNet2DModel` with the same
 layout (`bench.peers`), the same loss on q_sample'd inputs, clip_grad_norm_,
 torch.optim.Adam and an EMA update. Both see one fixed in-memory batch (no input pipeline) and
-use the machine's cores (torch: --torch_threads).
+use the machine's cores (torch: --torch_threads). Ours compiles with the config's XLA flags
+(`diffusion_jax.xla_flags`), as `main.py` does.
 
 Each framework runs in its own subprocess (so its peak RSS is its own), alternating
 ours / peer for --rounds rounds so that load from other processes hits both alike; a round
@@ -44,14 +46,16 @@ def _timed_windows(step, steps: int, windows: int, sync) -> tuple[float, float]:
 
 
 def run_jax(name: str, batch: int, steps: int, windows: int, n_jitted_steps: int = 1,
-            rolled: bool = False) -> dict:
-  import jax
-  import numpy as np
+            rolled: bool = False, ynnpack: str = "config") -> dict:
   from bench import peers
-  from diffusion_jax import parallel, train
 
   config = peers.config(name)
   config.training.batch_size = batch
+  common.apply_xla_flags(config, ynnpack)
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from diffusion_jax import parallel, train  # pylint: disable=g-import-not-at-top
+
   mesh = parallel.make_mesh(jax.local_devices()[:1])
   _, step_fn, state, host_batch = common.train_setup(config, mesh)
   k = n_jitted_steps  # k steps per dispatch on k copies of the batch; timed per step
@@ -73,7 +77,8 @@ def run_jax(name: str, batch: int, steps: int, windows: int, n_jitted_steps: int
   wall, cpu = _timed_windows(step, max(1, steps // k), windows,
                              lambda: jax.block_until_ready(holder["state"].params))
   return {"wall_s": wall / k, "cpu_s": cpu / k, "compile_s": compile_s,
-          "loss": float(np.asarray(holder["metrics"]["loss"]).reshape(-1)[-1])}
+          "loss": float(np.asarray(holder["metrics"]["loss"]).reshape(-1)[-1]),
+          "ynnpack": config.xla_cpu_ynnpack}
 
 
 def run_torch(name: str, batch: int, steps: int, windows: int, threads: int) -> dict:
@@ -125,7 +130,7 @@ def run_torch(name: str, batch: int, steps: int, windows: int, threads: int) -> 
 def _worker(args) -> None:
   if args.worker == "jax":
     out = run_jax(args.configs, args.batch, args.steps, args.windows, args.n_jitted_steps,
-                  args.rolled)
+                  args.rolled, args.xla_cpu_ynnpack)
   else:
     out = run_torch(args.configs, args.batch, args.steps, args.windows, args.torch_threads)
   out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -134,11 +139,12 @@ def _worker(args) -> None:
 
 def _spawn(framework: str, name: str, batch: int, args) -> dict:
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  env.pop("XLA_FLAGS", None)  # one CPU device, as `python main.py` sees it
+  env.pop("XLA_FLAGS", None)  # one CPU device and the config's flags, as `python main.py` sees
   return common.run_worker(
       ["-m", "bench.train_step", f"--worker={framework}", f"--configs={name}", f"--batch={batch}",
        f"--steps={args.steps}", f"--windows={args.windows}",
        f"--n_jitted_steps={args.n_jitted_steps}", *(["--rolled"] if args.rolled else []),
+       f"--xla_cpu_ynnpack={args.xla_cpu_ynnpack}",
        f"--torch_threads={args.torch_threads}"], env, what=f"{framework} worker")
 
 
@@ -154,6 +160,9 @@ def main() -> None:
                       help="ours: steps per dispatch (train.make_multi_step); timed per step")
   parser.add_argument("--rolled", action="store_true",
                       help="with --n_jitted_steps > 1: a rolled scan, also on CPU")
+  parser.add_argument("--xla_cpu_ynnpack", choices=common.YNNPACK_CHOICES, default="config",
+                      help="ours: XLA:CPU's YNNPACK fusions as the config sets them "
+                      "(diffusion_jax.xla_flags), or on / off")
   parser.add_argument("--worker", choices=["jax", "torch"], default=None)
   args = parser.parse_args()
   if args.worker:
@@ -173,14 +182,15 @@ def main() -> None:
           best[framework] = r
     rows.append((name, batch, best["jax"], best["torch"]))
 
-  print(f"\n{'config':8} {'batch':>5} {'impl':18} {'steps/s':>8} {'img/s':>8} {'CPU ms/step':>11} "
+  print(f"\n{'config':8} {'batch':>5} {'impl':24} {'steps/s':>8} {'img/s':>8} {'CPU ms/step':>11} "
         f"{'peak RSS MB':>11} {'1st step s':>10} {'ours/peer':>9}")
   for name, batch, ours, peer in rows:
-    ours_label = "ours (JAX pmap)" if args.n_jitted_steps == 1 else (
-        f"ours, k={args.n_jitted_steps}" + (" rolled" if args.rolled else ""))
+    ours_label = ("ours" + (f", k={args.n_jitted_steps}" if args.n_jitted_steps > 1 else "")
+                  + (" rolled" if args.rolled else "")
+                  + (", YNNPACK" if ours["ynnpack"] else ", no YNNPACK"))
     for label, r in ((ours_label, ours), ("diffusers + torch", peer)):
       ratio = f"{peer['wall_s'] / ours['wall_s']:.2f}x" if r is ours else ""
-      print(f"{name:8} {batch:5d} {label:18} {1 / r['wall_s']:8.2f} {batch / r['wall_s']:8.1f} "
+      print(f"{name:8} {batch:5d} {label:24} {1 / r['wall_s']:8.2f} {batch / r['wall_s']:8.1f} "
             f"{r['cpu_s'] * 1e3:11.1f} {r['peak_rss_mb']:11.0f} {r['compile_s']:10.1f} {ratio:>9}")
 
 

@@ -16,6 +16,9 @@ def get_config() -> config_dict.ConfigDict:
   """Returns the default configuration."""
   config = config_dict.ConfigDict()
   config.seed = 0  # Seeds parameter init, timesteps, noise, dropout and the data order.
+  # XLA:CPU's YNNPACK fusions (jaxlib's default); False: XLA's loops and Eigen convolutions,
+  # faster for small models (diffusion_jax.xla_flags, applied by main.py). CPU only.
+  config.xla_cpu_ynnpack = True
 
   # --- Data: read by diffusion_jax.input_pipeline. -----------------------------------------
   config.data = data = config_dict.ConfigDict()

@@ -2,6 +2,7 @@
 
 import os
 import sys
+from unittest import mock
 
 from absl import flags
 
@@ -19,6 +20,9 @@ def run_main(*args: str, config: str = "tiny.py") -> None:
       delattr(flags.FLAGS, name)
     flags.FLAGS.unparse_flags()
     flags.FLAGS(argv)
-    main_py.main(["main.py"])
+    # main.py adds its config's XLA flags to XLA_FLAGS: too late in this process (the backend
+    # exists), and they must not reach later tests' subprocesses.
+    with mock.patch.dict(os.environ):
+      main_py.main(["main.py"])
   finally:
     sys.argv = saved
