@@ -7,7 +7,7 @@ XLA_FLAGS) before the first computation. A flag already in XLA_FLAGS is left as 
 `config.xla_cpu_ynnpack = False` turns off XLA:CPU's YNNPACK library fusions (jaxlib 0.10's
 default for convolutions, dots and the elementwise ops around them), so that XLA's own fused
 loops and Eigen's convolutions run instead. On the 8x8 digits U-Net that made the train step
-1.38x faster on 2 cores; on the CIFAR-10 model at batch 8 YNNPACK is the faster one
+1.38x faster on 2 cores; on the CIFAR-10 model at batch 8 the two were even
 (`python -m bench.train_step --xla_cpu_ynnpack=on|off`, README). The flag is XLA:CPU's only.
 """
 

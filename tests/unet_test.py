@@ -5,6 +5,7 @@ Numerical equivalence with diffusers' UNet2DModel (layer by layer) lives in conv
 
 import itertools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -229,6 +230,54 @@ def test_dropout_only_in_train_and_driven_by_rng():
   assert np.abs(d1 - e1).max() > 1e-3
   with pytest.raises(Exception, match="dropout"):
     jax.eval_shape(lambda p: model.apply({"params": p}, x, t, train=True), params)
+
+
+class _Dropout(nn.Module):
+  """example_dropout inside a module, as a ResBlock calls it."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, keys=None):
+    return layers.example_dropout(self, x, self.rate, keys)
+
+
+class _TwoDropouts(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, keys):
+    return _Dropout(0.25, name="a")(x, keys), _Dropout(0.25, name="b")(x, keys)
+
+
+def test_example_dropout_masks_follow_each_examples_key():
+  x = jnp.ones((4, 16, 16, 8))
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(5), i))(jnp.arange(4))
+  out = np.asarray(_Dropout(0.25).apply({}, x, keys))
+  # Inverted dropout: kept units are 1 / (1 - rate), the rest 0, about 25% of them.
+  np.testing.assert_allclose(np.unique(out), [0.0, 4 / 3], rtol=1e-6)
+  assert abs((out == 0).mean() - 0.25) < 0.02
+  # Example i's mask depends on key i only: the same from a batch of one or another batch.
+  for i in range(4):
+    np.testing.assert_array_equal(_Dropout(0.25).apply({}, x[:1], keys[i:i + 1])[0], out[i])
+  assert not np.array_equal(out[0], out[1])
+  # Two layers (two module paths) draw different masks from the same keys.
+  a, b = _TwoDropouts().apply({}, x, keys)
+  assert not np.array_equal(a, b)
+
+
+def test_per_example_dropout_in_the_unet_does_not_depend_on_the_batch_split():
+  model = _tiny()
+  x, t = _tiny_inputs()
+  params = _random_params(model, x, t)
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(7), i))(jnp.arange(2))
+  apply = jax.jit(lambda x, t, k: model.apply({"params": params}, x, t, train=True,
+                                              dropout_keys=k))
+  both = np.asarray(apply(x, t, keys))
+  halves = np.concatenate([apply(x[i:i + 1], t[i:i + 1], keys[i:i + 1]) for i in range(2)])
+  np.testing.assert_allclose(halves, both, rtol=1e-5, atol=1e-5)
+  swapped = np.asarray(apply(x, t, keys[::-1]))  # other masks: other outputs
+  assert np.abs(swapped - both).max() > 1e-3
+  eval_out = np.asarray(jax.jit(lambda: model.apply({"params": params}, x, t))())
+  assert np.abs(both - eval_out).max() > 1e-3
 
 
 def test_bfloat16_compute_keeps_float32_params_and_output():

@@ -14,7 +14,8 @@ bfloat16); GroupNorm statistics and the attention softmax are always computed in
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+import zlib
+from typing import Any, Literal, Optional
 
 import flax.linen as nn
 import jax
@@ -169,6 +170,26 @@ class Downsample(nn.Module):
     return conv(x.shape[-1], stride=2, padding=pad, dtype=self.dtype, name="conv")(x)
 
 
+def example_dropout(module: nn.Module, x: Array, rate: float,
+                    example_keys: Optional[Array]) -> Array:
+  """Dropout (inverted: kept units scaled by 1 / (1 - rate)) inside `module`.
+
+  With `example_keys` [B], example i's mask comes from key i folded with the module's path, so it
+  does not depend on the other examples or on how the batch is split over devices, and the
+  network still runs on the whole batch (vmapping it per example turns the convolutions' weight
+  gradients into grouped convolutions, slow on every backend). Without, the mask comes from the
+  module's 'dropout' rng, as nn.Dropout's.
+  """
+  keep = 1.0 - rate
+  if example_keys is None:
+    mask = jax.random.bernoulli(module.make_rng("dropout"), keep, x.shape)
+  else:
+    layer = zlib.crc32("/".join(module.path).encode())
+    draw = lambda key: jax.random.bernoulli(jax.random.fold_in(key, layer), keep, x.shape[1:])
+    mask = jax.vmap(draw)(example_keys)
+  return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
+
+
 class ResBlock(nn.Module):
   """Pre-activation residual block with timestep conditioning.
 
@@ -190,7 +211,8 @@ class ResBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, temb: Array, train: bool = False) -> Array:
+  def __call__(self, x: Array, temb: Array, train: bool = False,
+               dropout_keys: Optional[Array] = None) -> Array:
     norm = lambda name: GroupNorm(self.norm_groups, self.norm_eps, self.dtype, name=name)
     h = nn.swish(norm("norm1")(x))
     if self.up:
@@ -207,7 +229,8 @@ class ResBlock(nn.Module):
     else:
       h = norm("norm2")(h + emb)
     h = nn.swish(h)
-    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    if train and self.dropout > 0:
+      h = example_dropout(self, h, self.dropout, dropout_keys)
     h = conv(self.out_ch, init_scale=0.0, dtype=self.dtype, name="conv2")(h)
 
     if x.shape[-1] != self.out_ch:

@@ -17,7 +17,8 @@ ModelFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
 def make_model_fn(model: nn.Module, params: Any, *, labels: Optional[jnp.ndarray] = None,
                   train: bool = False, dropout_keys: Optional[jax.Array] = None) -> ModelFn:
-  """Binds a U-Net (or any module called as `model(x, t, y, train=...)`) to its parameters.
+  """Binds a U-Net (or any module called as `model(x, t, y, train=..., dropout_keys=...)`) to
+  its parameters.
 
   Args:
     model: the module.
@@ -34,9 +35,5 @@ def make_model_fn(model: nn.Module, params: Any, *, labels: Optional[jnp.ndarray
   variables = {"params": params}
   if dropout_keys is None:
     return lambda x_t, t: model.apply(variables, x_t, t, labels, train=train)
-
-  def one_example(x, t, y, key):  # a batch of one, so its masks come from its own key
-    y = None if y is None else y[None]
-    return model.apply(variables, x[None], t[None], y, train=train, rngs={"dropout": key})[0]
-
-  return lambda x_t, t: jax.vmap(one_example)(x_t, t, labels, dropout_keys)
+  return lambda x_t, t: model.apply(variables, x_t, t, labels, train=train,
+                                    dropout_keys=dropout_keys)

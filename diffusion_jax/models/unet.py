@@ -93,8 +93,8 @@ class UNet(nn.Module):
                        "build a class-conditional model or pass y=None.")
 
   @nn.compact
-  def __call__(self, x: Array, t: Array, y: Optional[Array] = None,
-               train: bool = False) -> Array:
+  def __call__(self, x: Array, t: Array, y: Optional[Array] = None, train: bool = False,
+               dropout_keys: Optional[Array] = None) -> Array:
     """Predicts the network output (eps, or [eps, variance] when out_ch = 2C).
 
     Args:
@@ -104,7 +104,10 @@ class UNet(nn.Module):
         scale, e.g. N t - 1 for VP); the sinusoidal embedding takes both, and an integer-valued
         float gives exactly the int's output.
       y: [B] int32 class labels, required iff `num_classes` > 0.
-      train: enables dropout (needs a 'dropout' rng: `rngs={'dropout': key}`).
+      train: enables dropout.
+      dropout_keys: with train, one PRNG key per example [B]: example i's dropout masks come
+        from key i alone (`layers.example_dropout`). None: from the 'dropout' rng
+        (`rngs={'dropout': key}`).
 
     Returns:
       [B, H, W, out_ch] float32.
@@ -116,18 +119,18 @@ class UNet(nn.Module):
     if self.num_classes:
       temb = temb + nn.Embed(self.num_classes, temb.shape[-1], param_dtype=jnp.float32,
                              dtype=dtype, name="label_emb")(y)
-    h, hs = encoder(self, x, temb, train)
+    h, hs = encoder(self, x, temb, train, dropout_keys)
 
     # Upsampling path: num_res_blocks + 1 blocks per level, each eats one skip ([h, skip] order).
     for i in reversed(range(len(self.ch_mult))):
       for j in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, hs.pop()], axis=-1)
-        h = _resblock(self, self.ch * self.ch_mult[i], f"up_{i}_block_{j}")(h, temb, train)
+        h = _resblock(self, self.ch * self.ch_mult[i], f"up_{i}_block_{j}")(h, temb, train, dropout_keys)
         if h.shape[1] in self.attn_resolutions:
           h = _attention(self, h, f"up_{i}_attn_{j}")
       if i != 0:
         if self.resblock_updown:
-          h = _resblock(self, h.shape[-1], f"up_{i}_upsample", up=True)(h, temb, train)
+          h = _resblock(self, h.shape[-1], f"up_{i}_upsample", up=True)(h, temb, train, dropout_keys)
         else:
           h = layers.Upsample(self.resamp_with_conv, dtype=dtype, name=f"up_{i}_upsample")(h)
     assert not hs, "skip connections left over"
@@ -199,7 +202,8 @@ def time_embedding(m: nn.Module, t: Array) -> Array:
   return layers.dense(4 * m.ch, dtype=dtype, name="temb_dense1")(nn.swish(temb))
 
 
-def encoder(m: nn.Module, x: Array, temb: Array, train: bool) -> tuple[Array, list[Array]]:
+def encoder(m: nn.Module, x: Array, temb: Array, train: bool,
+            dropout_keys: Optional[Array] = None) -> tuple[Array, list[Array]]:
   """conv_in, the downsampling path and the middle (res - attn - res).
 
   Returns:
@@ -211,18 +215,18 @@ def encoder(m: nn.Module, x: Array, temb: Array, train: bool) -> tuple[Array, li
   hs = [h]
   for i, mult in enumerate(m.ch_mult):
     for j in range(m.num_res_blocks):
-      h = _resblock(m, m.ch * mult, f"down_{i}_block_{j}")(h, temb, train)
+      h = _resblock(m, m.ch * mult, f"down_{i}_block_{j}")(h, temb, train, dropout_keys)
       if h.shape[1] in m.attn_resolutions:
         h = _attention(m, h, f"down_{i}_attn_{j}")
       hs.append(h)
     if i != len(m.ch_mult) - 1:
       if m.resblock_updown:
-        h = _resblock(m, h.shape[-1], f"down_{i}_downsample", down=True)(h, temb, train)
+        h = _resblock(m, h.shape[-1], f"down_{i}_downsample", down=True)(h, temb, train, dropout_keys)
       else:
         h = layers.Downsample(m.resamp_with_conv, m.downsample_padding, dtype=dtype,
                               name=f"down_{i}_downsample")(h)
       hs.append(h)
-  h = _resblock(m, h.shape[-1], "mid_block_0")(h, temb, train)
+  h = _resblock(m, h.shape[-1], "mid_block_0")(h, temb, train, dropout_keys)
   h = _attention(m, h, "mid_attn")
-  h = _resblock(m, h.shape[-1], "mid_block_1")(h, temb, train)
+  h = _resblock(m, h.shape[-1], "mid_block_1")(h, temb, train, dropout_keys)
   return h, hs
