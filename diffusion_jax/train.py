@@ -159,7 +159,7 @@ def make_multi_step(step: TrainStep, n_steps: int, unroll: Optional[bool] = None
   `n_steps` separate calls compute; its keys still come from fold_in(train_key, state.step)
   and the global example index. On CPU the scan is unrolled: XLA:CPU canonicalizes
   convolutions for its Eigen kernels in the entry computation only, so a rolled loop body runs
-  generic convolutions, ~27x slower per step at digits batch 128 (`python -m bench.train_step
+  generic convolutions, ~20x slower per step at digits batch 128 (`python -m bench.train_step
   --n_jitted_steps=4 --rolled`). Equal to float32 rounding, not bit for bit: XLA fuses, hence
   contracts a * b + c into FMAs, differently across step boundaries
   (tests/n_jitted_steps_test.py).

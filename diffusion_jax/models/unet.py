@@ -125,12 +125,14 @@ class UNet(nn.Module):
     for i in reversed(range(len(self.ch_mult))):
       for j in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, hs.pop()], axis=-1)
-        h = _resblock(self, self.ch * self.ch_mult[i], f"up_{i}_block_{j}")(h, temb, train, dropout_keys)
+        h = _resblock(self, self.ch * self.ch_mult[i], f"up_{i}_block_{j}")(
+            h, temb, train, dropout_keys)
         if h.shape[1] in self.attn_resolutions:
           h = _attention(self, h, f"up_{i}_attn_{j}")
       if i != 0:
         if self.resblock_updown:
-          h = _resblock(self, h.shape[-1], f"up_{i}_upsample", up=True)(h, temb, train, dropout_keys)
+          h = _resblock(self, h.shape[-1], f"up_{i}_upsample", up=True)(
+              h, temb, train, dropout_keys)
         else:
           h = layers.Upsample(self.resamp_with_conv, dtype=dtype, name=f"up_{i}_upsample")(h)
     assert not hs, "skip connections left over"
@@ -221,7 +223,8 @@ def encoder(m: nn.Module, x: Array, temb: Array, train: bool,
       hs.append(h)
     if i != len(m.ch_mult) - 1:
       if m.resblock_updown:
-        h = _resblock(m, h.shape[-1], f"down_{i}_downsample", down=True)(h, temb, train, dropout_keys)
+        h = _resblock(m, h.shape[-1], f"down_{i}_downsample", down=True)(
+            h, temb, train, dropout_keys)
       else:
         h = layers.Downsample(m.resamp_with_conv, m.downsample_padding, dtype=dtype,
                               name=f"down_{i}_downsample")(h)
