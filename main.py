@@ -7,7 +7,8 @@
 Rerunning a train command on the same workdir resumes from its latest checkpoint. Any config
 field can be overridden, e.g. --config.training.batch_size=64. A bad config, data set or
 checkpoint stops with a short message naming the field and the fix (exit status 2); --debug
-shows the traceback too.
+shows the traceback too. Where tcmalloc is installed, the process first re-runs itself with it
+preloaded (`diffusion_jax/malloc.py`; DIFFUSION_JAX_MALLOC=system keeps the system's malloc).
 """
 
 import os
@@ -88,10 +89,10 @@ def main(argv):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU only; GPUs use NCCL
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-  from diffusion_jax import errors  # pylint: disable=g-import-not-at-top
+  from diffusion_jax import errors, malloc  # pylint: disable=g-import-not-at-top
 
-  logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
-               jax.process_count(), jax.local_devices())
+  logging.info("JAX process %d/%d, local devices: %s; %s", jax.process_index(),
+               jax.process_count(), jax.local_devices(), malloc.describe())
   try:
     run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except errors.USER_ERRORS as e:
@@ -102,4 +103,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from diffusion_jax import malloc  # pylint: disable=g-import-not-at-top
+  malloc.reexec_with_tcmalloc(sys.argv)  # when installed: a faster allocator for XLA:CPU
   app.run(main, flags_parser=parse_flags)

@@ -4,6 +4,7 @@
   python -m bench.gpu --skip_bf16 --n_jitted_steps=1 # float32 only, no multi-step row
   python -m bench.gpu --train_dtypes=bfloat16 --sample_dtypes= --batch=256   # one row
   python -m bench.gpu --config=tiny --batch=16 --steps=2 --windows=2 --sample_batch=16  # CPU smoke
+  python -m bench.gpu --config=celebahq --batch=16 --remat --sample_dtypes=  # 256 px, remat
 
 Rows (each in its own subprocess, so its peak device memory is its own; persistent compilation
 cache off, so compile times are real):
@@ -12,13 +13,15 @@ cache off, so compile times are real):
          from `experiment.init_train_state`) on one fixed in-memory batch (no input pipeline);
          bfloat16 is `config.model.dtype`: compute in bf16, parameters, Adam moments and EMA in
          float32. One more row runs --n_jitted_steps steps per dispatch (`train.make_multi_step`).
+         --remat sets `config.model.remat` (residual blocks recomputed in the backward pass).
   sample --sample_dtypes (bfloat16, float32): DPM-Solver++(2M) at --nfe model evaluations
          (`inference.make_sampler`, the path of --mode=sample) at --sample_batch, timed to the
          images on the host; the 50k projection is 50,000 / (samples/s).
 Each row warms up, times --windows windows and keeps the fastest. compile s: of the train step,
 trace + lower + XLA compile (`.lower().compile()`, autotuning included); of the sampler, its
 first call minus a steady-state call. Peak memory is the device's `peak_bytes_in_use` (None
-where the platform has no memory stats, e.g. CPU).
+where the platform has no memory stats, e.g. CPU); "XLA temp" is the compiled step's temporary
+buffer as XLA planned it (`memory_analysis()`: activations, gradients, optimizer temporaries).
 
 FLOPs and MFU. The model's forward FLOPs per image are XLA's cost analysis of the lowered
 (unoptimized) forward at batch 1: 2 FLOPs per multiply-add of every convolution and matmul,
@@ -81,6 +84,8 @@ def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
   parser.add_argument("--sample_dtypes", default="bfloat16,float32",
                       help="sampling rows, comma-separated; empty = none")
   parser.add_argument("--skip_bf16", action="store_true", help="float32 rows only")
+  parser.add_argument("--remat", action="store_true",
+                      help="train rows with config.model.remat (recompute residual blocks)")
   parser.add_argument("--peak_tflops", default="",
                       help="peak TFLOP/s per chip: one number for every row, or "
                            "float32=X,bfloat16=Y; empty = the datasheet table by device kind")
@@ -100,6 +105,7 @@ def _config(args: argparse.Namespace):
   from bench import peers
   config = peers.config(args.config)
   config.model.dtype = args.dtype
+  config.model.remat = args.remat
   config.training.batch_size = args.batch
   config.sampling.sampler = SAMPLER
   config.sampling.num_steps = args.nfe
@@ -199,6 +205,7 @@ def _train_row(args: argparse.Namespace) -> dict:
   best = min(times)
   trees = {"params": holder["state"].params, "ema_params": holder["state"].ema_params}
   return {"kind": "train", "dtype": args.dtype, "n_jitted_steps": k, "batch": args.batch,
+          "remat": args.remat, "xla_temp_bytes": p_step.memory_analysis().temp_size_in_bytes,
           "steps_per_s": calls * k / best, "images_per_s": calls * k * args.batch / best,
           "compile_s": compile_s, "lower_s": lower_s, "first_call_s": first,
           "window_s": times, "steps_per_window": calls * k,
@@ -266,7 +273,8 @@ def _spawn(args: argparse.Namespace, worker: str, dtype: str, k: int, timeout: f
       ["-m", "bench.gpu", f"--worker={worker}", f"--dtype={dtype}", f"--k={k}",
        f"--config={args.config}", f"--batch={args.batch}", f"--steps={args.steps}",
        f"--windows={args.windows}", f"--warmup={args.warmup}",
-       f"--sample_batch={args.sample_batch}", f"--nfe={args.nfe}"], env,
+       f"--sample_batch={args.sample_batch}", f"--nfe={args.nfe}",
+       *(["--remat"] if args.remat else [])], env,
       what=f"{worker} worker", timeout=timeout)
 
 
@@ -329,9 +337,11 @@ def _gib(row: dict) -> Optional[float]:
 TRAIN_COLUMNS = (
     ("train", lambda r: "step"), ("dtype", lambda r: r["dtype"]),
     ("k", lambda r: str(r["n_jitted_steps"])), ("batch", lambda r: str(r["batch"])),
+    ("remat", lambda r: "yes" if r["remat"] else "no"),
     ("steps/s", lambda r: _fmt(r["steps_per_s"])),
     ("img/s", lambda r: _fmt(r["images_per_s"], ".1f")),
     ("compile s", lambda r: _fmt(r["compile_s"], ".1f")), ("peak GiB", lambda r: _fmt(_gib(r))),
+    ("XLA temp GiB", lambda r: _fmt(r["xla_temp_bytes"] / GIB)),
     ("model TFLOP/s", lambda r: _fmt(r["model_tflops"], ".3f")),
     ("MFU", lambda r: _fmt(r["mfu"], ".3f")), ("MFU (XLA)", lambda r: _fmt(r["mfu_xla"], ".3f")))
 SAMPLE_COLUMNS = (

@@ -391,7 +391,9 @@ def speed(models, batches, steps, reps, torch_threads):
   import diffusers
   import torch
   diffusers.utils.logging.set_verbosity_error()
-  from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler
+  from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
+                         DPMSolverSinglestepScheduler)
+  from diffusion_jax import samplers
   from bench import peers
   schedule = schedules.DiffusionSchedule.from_betas(schedules.get_beta_schedule("linear", T))
   print("\nSampling speed, samples/s (CPU, randomly initialised U-Nets of the config layouts; "
@@ -408,6 +410,10 @@ def speed(models, batches, steps, reps, torch_threads):
     shape = (batch, size, size, cfg.data.num_channels)
     x_T = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     cases = [
+        ("ancestral (DDPM, respaced)", lambda: samplers.sample(
+            model_fn, schedule, shape, jax.random.PRNGKey(0), sampler="ancestral", num_steps=nfe,
+            var_type="fixedsmall", x_T=x_T),
+         lambda: DDPMScheduler(num_train_timesteps=T, timestep_spacing="leading"), {}),
         ("DDIM (eta=0)", lambda: ddim.ddim_sample_loop(model_fn, schedule, shape, jax.random.PRNGKey(0),
                                                        num_steps=nfe, x_T=x_T),
          lambda: DDIMScheduler(num_train_timesteps=T, timestep_spacing="leading", set_alpha_to_one=True), {}),
@@ -480,9 +486,9 @@ def main():
   parser.add_argument("--cifar_steps", type=int, default=10)
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--torch_threads", default="1,2", help="torch thread counts tried; best reported")
-  parser.add_argument("--xla_cpu_ynnpack", choices=("on", "off"), default="on",
+  parser.add_argument("--xla_cpu_ynnpack", choices=("on", "off"), default="off",
                       help="XLA:CPU's YNNPACK fusions for the whole run (diffusion_jax.xla_flags): "
-                      "jaxlib's default, or off as configs/digits.py sets it")
+                      "off as the configs set it, or on (jaxlib's default)")
   args = parser.parse_args()
   os.environ["XLA_FLAGS"] = xla_flags.with_config_flags(  # before the first computation
       os.environ.get("XLA_FLAGS", ""), ynnpack=args.xla_cpu_ynnpack == "on")

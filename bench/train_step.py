@@ -4,6 +4,7 @@
   python -m bench.train_step --configs=digits --steps=100 --rounds=3
   python -m bench.train_step --configs=digits --batch=128 --n_jitted_steps=4 [--rolled]
   python -m bench.train_step --configs=digits --xla_cpu_ynnpack=on   # jaxlib's CPU default
+  python -m bench.train_step --malloc=tcmalloc        # both sides on tcmalloc (diffusion_jax.malloc)
 
 Ours: `train.make_train_step` (U-Net forward/backward, L_simple, pmean, global-norm clipping,
 Adam with warmup, EMA) pmapped over one CPU device. Peer: diffusers' `UNet2DModel` with the same
@@ -17,6 +18,11 @@ ours / peer for --rounds rounds so that load from other processes hits both alik
 times --windows windows of --steps steps after a warm-up (compilation excluded) and keeps the
 fastest window. The table gives the best round: steps/s, images/s, CPU seconds per step
 (process time, robust to other processes' load), peak RSS, and ours / peer throughput.
+--malloc picks the allocator of both workers: the system's (glibc) or tcmalloc, preloaded.
+
+Peak RSS includes each runtime's fixed cost. "runtime RSS" is that cost alone: the peak RSS of a
+worker that imports the same modules and runs one tiny computation (JAX: a jitted add; torch: a
+1-channel conv), so "RSS - runtime" is what the step itself adds.
 """
 
 from __future__ import annotations
@@ -127,8 +133,23 @@ def run_torch(name: str, batch: int, steps: int, windows: int, threads: int) -> 
           "loss": float(holder["loss"].detach())}
 
 
+def runtime_only(framework: str) -> dict:
+  """The runtime's fixed cost: the imports of the worker and one tiny computation."""
+  if framework == "jax":
+    import jax  # pylint: disable=g-import-not-at-top
+    from diffusion_jax import parallel, train  # noqa: F401  pylint: disable=g-import-not-at-top
+    jax.block_until_ready(jax.jit(lambda x: x + 1)(jax.numpy.ones(8)))
+  else:
+    import torch  # pylint: disable=g-import-not-at-top
+    from bench import peers  # noqa: F401  pylint: disable=g-import-not-at-top
+    torch.nn.functional.conv2d(torch.ones(1, 1, 8, 8), torch.ones(1, 1, 3, 3))
+  return {}
+
+
 def _worker(args) -> None:
-  if args.worker == "jax":
+  if args.worker.endswith("_runtime"):
+    out = runtime_only(args.worker.split("_")[0])
+  elif args.worker == "jax":
     out = run_jax(args.configs, args.batch, args.steps, args.windows, args.n_jitted_steps,
                   args.rolled, args.xla_cpu_ynnpack)
   else:
@@ -140,12 +161,24 @@ def _worker(args) -> None:
 def _spawn(framework: str, name: str, batch: int, args) -> dict:
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   env.pop("XLA_FLAGS", None)  # one CPU device and the config's flags, as `python main.py` sees
+  env.pop("LD_PRELOAD", None)
+  if args.malloc == "tcmalloc":
+    env["LD_PRELOAD"] = _tcmalloc()
   return common.run_worker(
       ["-m", "bench.train_step", f"--worker={framework}", f"--configs={name}", f"--batch={batch}",
        f"--steps={args.steps}", f"--windows={args.windows}",
        f"--n_jitted_steps={args.n_jitted_steps}", *(["--rolled"] if args.rolled else []),
        f"--xla_cpu_ynnpack={args.xla_cpu_ynnpack}",
        f"--torch_threads={args.torch_threads}"], env, what=f"{framework} worker")
+
+
+def _tcmalloc() -> str:
+  from diffusion_jax import malloc  # pylint: disable=g-import-not-at-top
+  library = malloc.find_tcmalloc()
+  if library is None:
+    raise SystemExit("--malloc=tcmalloc: tcmalloc is not installed (apt install "
+                     "libtcmalloc-minimal4).")
+  return library
 
 
 def main() -> None:
@@ -163,12 +196,16 @@ def main() -> None:
   parser.add_argument("--xla_cpu_ynnpack", choices=common.YNNPACK_CHOICES, default="config",
                       help="ours: XLA:CPU's YNNPACK fusions as the config sets them "
                       "(diffusion_jax.xla_flags), or on / off")
-  parser.add_argument("--worker", choices=["jax", "torch"], default=None)
+  parser.add_argument("--malloc", choices=["system", "tcmalloc"], default="system",
+                      help="both workers' allocator: the system's or tcmalloc (LD_PRELOAD)")
+  parser.add_argument("--worker", choices=["jax", "torch", "jax_runtime", "torch_runtime"],
+                      default=None)
   args = parser.parse_args()
   if args.worker:
     _worker(args)
     return
 
+  runtime = {f: _spawn(f"{f}_runtime", "digits", 1, args)["peak_rss_mb"] for f in ("jax", "torch")}
   rows = []
   for name in args.configs.split(","):
     batch = args.batch or BATCH.get(name, 8)
@@ -182,16 +219,20 @@ def main() -> None:
           best[framework] = r
     rows.append((name, batch, best["jax"], best["torch"]))
 
-  print(f"\n{'config':8} {'batch':>5} {'impl':24} {'steps/s':>8} {'img/s':>8} {'CPU ms/step':>11} "
-        f"{'peak RSS MB':>11} {'1st step s':>10} {'ours/peer':>9}")
+  print(f"\nmalloc: {args.malloc}; runtime RSS (imports + a tiny computation): "
+        f"jax {runtime['jax']:.0f} MB, torch {runtime['torch']:.0f} MB")
+  print(f"{'config':8} {'batch':>5} {'impl':24} {'steps/s':>8} {'img/s':>8} {'CPU ms/step':>11} "
+        f"{'peak RSS MB':>11} {'RSS - runtime':>13} {'1st step s':>10} {'ours/peer':>9}")
   for name, batch, ours, peer in rows:
     ours_label = ("ours" + (f", k={args.n_jitted_steps}" if args.n_jitted_steps > 1 else "")
                   + (" rolled" if args.rolled else "")
                   + (", YNNPACK" if ours["ynnpack"] else ", no YNNPACK"))
-    for label, r in ((ours_label, ours), ("diffusers + torch", peer)):
+    for label, r, base in ((ours_label, ours, runtime["jax"]),
+                           ("diffusers + torch", peer, runtime["torch"])):
       ratio = f"{peer['wall_s'] / ours['wall_s']:.2f}x" if r is ours else ""
       print(f"{name:8} {batch:5d} {label:24} {1 / r['wall_s']:8.2f} {batch / r['wall_s']:8.1f} "
-            f"{r['cpu_s'] * 1e3:11.1f} {r['peak_rss_mb']:11.0f} {r['compile_s']:10.1f} {ratio:>9}")
+            f"{r['cpu_s'] * 1e3:11.1f} {r['peak_rss_mb']:11.0f} {r['peak_rss_mb'] - base:13.0f} "
+            f"{r['compile_s']:10.1f} {ratio:>9}")
 
 
 if __name__ == "__main__":

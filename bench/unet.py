@@ -3,6 +3,7 @@
   python -m bench.unet                       # configs/cifar10.py (35.7M) and configs/digits.py
   python -m bench.unet --configs=digits --batch=128 --reps=10
   python -m bench.unet --dtypes=float32,bfloat16   # also time our bf16 compute
+  python -m bench.unet --xla_cpu_ynnpack=on         # XLA:CPU's YNNPACK fusions (jaxlib's default)
 
 For each config (a file of configs/, `bench.peers`) the diffusers model is built with the same
 layout, its random weights are
@@ -14,7 +15,7 @@ machine torch's OpenMP threads slow down badly when other processes hold the cor
 gradient computation (train mode with the config's dropout, MSE loss against a fixed target,
 gradients w.r.t. all parameters; no optimizer update on either side).
 
-Results and their discussion: README.md ("U-Net vs diffusers").
+Results and their discussion: README.md ("Speed and memory on CPU against PyTorch").
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from diffusion_jax import xla_flags
+
 
 def _time(fn, reps):
   out = []
@@ -113,7 +117,12 @@ def main():
   parser.add_argument("--dtypes", default="float32")
   parser.add_argument("--torch_threads", default=f"1,{os.cpu_count()}",
                       help="torch intra-op thread counts to time; the ratio uses the fastest")
+  parser.add_argument("--xla_cpu_ynnpack", choices=("on", "off"), default="off",
+                      help="XLA:CPU's YNNPACK fusions (diffusion_jax.xla_flags): off as the "
+                      "configs set it, or on (jaxlib's default)")
   args = parser.parse_args()
+  os.environ["XLA_FLAGS"] = xla_flags.with_config_flags(  # before the first computation
+      os.environ.get("XLA_FLAGS", ""), ynnpack=args.xla_cpu_ynnpack == "on")
 
   import torch
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "

@@ -16,9 +16,9 @@ def get_config() -> config_dict.ConfigDict:
   """Returns the default configuration."""
   config = config_dict.ConfigDict()
   config.seed = 0  # Seeds parameter init, timesteps, noise, dropout and the data order.
-  # XLA:CPU's YNNPACK fusions (jaxlib's default); False: XLA's loops and Eigen convolutions,
-  # faster for small models (diffusion_jax.xla_flags, applied by main.py). CPU only.
-  config.xla_cpu_ynnpack = True
+  # XLA:CPU's YNNPACK fusions (jaxlib's default) if True; False: XLA's loops and Eigen's
+  # convolutions, faster for every config measured (diffusion_jax.xla_flags). CPU only.
+  config.xla_cpu_ynnpack = False
 
   # --- Data: read by diffusion_jax.input_pipeline. -----------------------------------------
   config.data = data = config_dict.ConfigDict()
@@ -51,6 +51,7 @@ def get_config() -> config_dict.ConfigDict:
   model.norm_groups = 32  # GroupNorm groups; must divide every ch * ch_mult[i].
   model.norm_eps = 1e-6  # GroupNorm epsilon (1e-6 DDPM, 1e-5 ADM).
   model.downsample_padding = 0  # Stride-2 conv padding: 0 = DDPM's (0, 1), 1 = ADM's symmetric.
+  model.remat = False  # Recompute residual blocks in the backward pass: less memory, more compute.
 
   # --- Diffusion process and objective (diffusion_jax.schedules / losses). -------------------
   config.diffusion = diffusion = config_dict.ConfigDict()
@@ -157,6 +158,7 @@ def get_config() -> config_dict.ConfigDict:
   cmodel.norm_groups = 32  # GroupNorm groups; must divide every ch * ch_mult[i].
   cmodel.norm_eps = 1e-5  # GroupNorm epsilon (ADM: 1e-5).
   cmodel.downsample_padding = 1  # Stride-2 conv padding: 1 symmetric (ADM) | 0 (DDPM).
+  cmodel.remat = False  # Recompute residual blocks in the backward pass (less memory).
   classifier.training = ctrain = config_dict.ConfigDict()  # --mode=train_classifier's optimizer and loop
   ctrain.batch_size = 256  # GLOBAL batch of noised images (ADM's 128 px classifier: 256).
   ctrain.num_train_steps = 300_000  # Optimizer steps (ADM's 128 px classifier: 300K).

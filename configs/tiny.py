@@ -12,7 +12,6 @@ from configs import default
 def get_config():
   """Returns the tiny test configuration."""
   config = default.get_config()
-  config.xla_cpu_ynnpack = False  # Eigen convolutions: faster on 8x8 images (xla_flags.py).
   config.data.dataset = "digits"
   config.data.image_size = 8
   config.data.num_channels = 1

@@ -92,12 +92,12 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
       return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels)), logits
 
     (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = jax.lax.pmean(grads, parallel.AXIS)
+    grads = parallel.mean_over_devices(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     state = state.replace(step=state.step + 1, params=params, ema_params=params, opt_state=opt_state)
     sums = jax.lax.psum(_metrics(logits, labels, t, num_t, bands), parallel.AXIS)
-    return state, {**sums, "grad_norm": optax.global_norm(grads)}
+    return state, {**sums, "grad_norm": train_state.global_norm(grads)}
 
   return step
 

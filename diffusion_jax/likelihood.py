@@ -9,8 +9,9 @@ integrated together with x(t) from x(t_min) = x up to t = 1 by one adaptive diff
 divergence is either exact (the trace of the Jacobian from D Jacobian-vector products: small D
 only) or the Hutchinson-Skilling estimate E_v[v^T (dF/dx) v] with Rademacher or Gaussian probes v,
 drawn once per example and kept for the whole solve (one or several, averaged), which makes
-log p an unbiased estimate. Each solve step needs F and its Jacobian-vector products, computed
-together by `jax.linearize`.
+log p an unbiased estimate. Each solve step needs F and vector-Jacobian products v^T (dF/dx),
+computed together by `jax.vjp` (reverse mode: the U-Net's GroupNorm has a written-out backward
+pass, `models.ops`, and no forward-mode rule).
 
 Bits/dim of 8-bit images, and the convention written next to every number (`Protocol`):
 
@@ -73,8 +74,8 @@ def divergence_fn(fn: Callable[[jnp.ndarray], jnp.ndarray], *, estimator: Estima
 
   Args:
     fn: the map; example b of the output may depend on example b of the input only.
-    estimator: "exact" (trace of the Jacobian, D forward-mode products: small D) or
-      "hutchinson" (mean over the probes of v^T J v, unbiased).
+    estimator: "exact" (trace of the Jacobian from its D rows, one vector-Jacobian product
+      each: small D) or "hutchinson" (mean over the probes of v^T J v, unbiased).
     probes: [K, B, ...] from `draw_probes` (Hutchinson only).
   """
   check_option("estimator", estimator, ESTIMATORS)
@@ -82,14 +83,15 @@ def divergence_fn(fn: Callable[[jnp.ndarray], jnp.ndarray], *, estimator: Estima
     raise ValueError("estimator='hutchinson' needs probes (see draw_probes).")
 
   def div(x):
-    y, jvp = jax.linearize(fn, x)
+    y, vjp = jax.vjp(fn, x)
+    vjp = lambda v, vjp=vjp: vjp(v)[0]
     if estimator == "hutchinson":
-      jv = jax.vmap(jvp)(probes)                                              # [K, B, ...]
-      return y, jnp.mean(jax.vmap(_sum_per_example)(probes * jv), axis=0)
+      vj = jax.vmap(vjp)(probes)                                              # [K, B, ...]
+      return y, jnp.mean(jax.vmap(_sum_per_example)(probes * vj), axis=0)
     batch, dim = x.shape[0], math.prod(x.shape[1:])
     basis = jnp.eye(dim, dtype=x.dtype).reshape((dim, 1) + x.shape[1:])       # e_d for every example
-    columns = jax.vmap(lambda e: jvp(jnp.broadcast_to(e, x.shape)))(basis)    # [D, B, ...]
-    diagonal = jnp.einsum("dbd->b", columns.reshape(dim, batch, dim))
+    rows = jax.vmap(lambda e: vjp(jnp.broadcast_to(e, x.shape)))(basis)       # [D, B, ...]
+    diagonal = jnp.einsum("dbd->b", rows.reshape(dim, batch, dim))
     return y, diagonal
 
   return div

@@ -31,6 +31,14 @@ def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
   return Mesh(np.asarray(devices if devices is not None else jax.devices()), (AXIS,))
 
 
+def mean_over_devices(tree: PyTree) -> PyTree:
+  """`lax.pmean` over the "batch" axis inside pmap; on a single device the tree itself (XLA:CPU
+  would still copy every leaf through an all-reduce)."""
+  if jax.lax.axis_size(AXIS) == 1:
+    return tree
+  return jax.lax.pmean(tree, AXIS)
+
+
 def local_devices(mesh: Mesh) -> list[jax.Device]:
   """The mesh's devices that belong to this process, in mesh order."""
   return [d for d in mesh.devices.flat if d.process_index == jax.process_index()]

@@ -107,7 +107,7 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
       return jnp.mean(weights * terms.loss), terms
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = jax.lax.pmean(grads, parallel.AXIS)
+    grads = parallel.mean_over_devices(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     history = state.loss_history
@@ -117,13 +117,13 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, loss_history=history,
         ema_params=train_state.update_ema(state.ema_params, params, tcfg.ema_decay))
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+    metrics = {"loss": loss, "grad_norm": train_state.global_norm(grads),
                "learning_rate": lr_schedule(state.step)}
     if terms.mse is not None:
       metrics["mse"] = jnp.mean(terms.mse)
     if terms.vb is not None:
       metrics["vb"] = jnp.mean(terms.vb)
-    return new_state, jax.lax.pmean(metrics, parallel.AXIS)
+    return new_state, parallel.mean_over_devices(metrics)
 
   return step
 
@@ -160,12 +160,14 @@ def make_multi_step(step: TrainStep, n_steps: int, unroll: Optional[bool] = None
   and the global example index. On CPU the scan is unrolled: XLA:CPU canonicalizes
   convolutions for its Eigen kernels in the entry computation only, so a rolled loop body runs
   generic convolutions, ~20x slower per step at digits batch 128 (`python -m bench.train_step
-  --n_jitted_steps=4 --rolled`). Equal to float32 rounding, not bit for bit: XLA fuses, hence
-  contracts a * b + c into FMAs, differently across step boundaries
-  (tests/n_jitted_steps_test.py).
+  --n_jitted_steps=4 --rolled`). Unrolled steps are kept apart by `_fusion_barrier`, so XLA
+  compiles each as it compiles a single step and the states are bit-identical to `n_steps`
+  separate calls (tests/n_jitted_steps_test.py): fused across a step boundary, a * b + c
+  would be contracted into FMAs differently.
 
   Args:
-    step: a per-device step(state, batch) -> (state, metrics), e.g. `make_train_step`'s.
+    step: a per-device step(state, batch) -> (state, metrics), e.g. `make_train_step`'s; the
+      state has an int `step` that the step increments.
     n_steps: steps per call; 1 returns `step` itself (no scan).
     unroll: unroll the scan; None: on CPU only.
 
@@ -178,11 +180,22 @@ def make_multi_step(step: TrainStep, n_steps: int, unroll: Optional[bool] = None
   if unroll is None:
     unroll = jax.default_backend() == "cpu"
 
+  def separated_step(state, batch):
+    state, metrics = step(state, batch)
+    return (_fusion_barrier(state) if unroll else state), metrics
+
   def multi(state: train_state.TrainState, batches: dict) -> tuple[train_state.TrainState, dict]:
     chex.assert_tree_shape_prefix(batches, (n_steps,))
-    return jax.lax.scan(step, state, batches, unroll=unroll)
+    return jax.lax.scan(separated_step, state, batches, unroll=unroll)
 
   return multi
+
+
+def _fusion_barrier(state):
+  """`state` through a conditional on `state.step > 0`, true after a step but not known to XLA,
+  which fuses nothing across it (XLA:CPU drops optimization barriers before fusion)."""
+  return jax.lax.cond(state.step > 0, lambda s: s, lambda s: jax.tree.map(jnp.zeros_like, s),
+                      state)
 
 
 def stack_batches(batches: list[dict]) -> dict:

@@ -40,10 +40,12 @@ def test_tiny_cpu_run_writes_every_field(tmp_path, monkeypatch):
   train, sample = results["rows"]
 
   for field in ("steps_per_s", "images_per_s", "compile_s", "lower_s", "first_call_s",
-                "forward_flop", "xla_step_flop_per_device", "model_tflops", "xla_tflops"):
+                "forward_flop", "xla_step_flop_per_device", "model_tflops", "xla_tflops",
+                "xla_temp_bytes"):
     assert _positive(train[field]), (field, train[field])
   assert math.isclose(train["images_per_s"], 16 * train["steps_per_s"])
   assert train["n_jitted_steps"] == 1 and train["batch"] == 16 and math.isfinite(train["loss"])
+  assert train["remat"] is False
   assert train["peak_bytes"] is None  # no memory stats on CPU
   # Mixed precision keeps float32 master weights (and EMA).
   assert train["param_dtypes"] == {"params": ["float32"], "ema_params": ["float32"]}
@@ -60,7 +62,7 @@ def test_tiny_cpu_run_writes_every_field(tmp_path, monkeypatch):
   assert _in_unit(sample["mfu"])
 
   table = gpu.tables(results)
-  assert "| step | bfloat16 | 1 | 16 |" in table
+  assert "| step | bfloat16 | 1 | 16 | no |" in table
   assert "| dpm_solver++ (2M) | float32 | 4 | 16 |" in table
 
 

@@ -120,6 +120,48 @@ def test_conv_resampling_heads_and_residual_rescaling_match_diffusers():
   _compare(CONV_PAD1_CONFIG, skip_rescale=True)
 
 
+def _compare_gradients(config, *, rtol):
+  """Parameter gradients of an MSE loss: ours (custom backward passes of models.ops: GroupNorm
+  + swish, bias adds, AdaGN) against torch autograd through diffusers' model, converted to our
+  layout by the same converter; per tensor, max |difference| <= rtol * max |torch's|."""
+  tmodel = _torch_model(config).train()
+  x, t, y = _inputs(config)
+  size, out_ch = config["sample_size"], config.get("out_channels", config["in_channels"])
+  target = np.random.RandomState(1).randn(x.shape[0], out_ch, size, size).astype(np.float32)
+  out = tmodel(torch.from_numpy(x), torch.from_numpy(t), None if y is None else torch.from_numpy(y))
+  torch.mean((out.sample - torch.from_numpy(target)) ** 2).backward()
+  torch_grads = convert.from_diffusers({k: p.grad for k, p in tmodel.named_parameters()})
+
+  model = UNet(**convert.unet_kwargs_from_diffusers_config(dict(tmodel.config)))
+  params = convert.from_diffusers(tmodel.state_dict(), model=model,
+                                  sample_shape=(size, size, config["in_channels"]))
+  labels = None if y is None else jnp.asarray(y, jnp.int32)
+  loss = lambda p: jnp.mean((model.apply({"params": p}, jnp.asarray(x.transpose(0, 2, 3, 1)),
+                                         jnp.asarray(t, jnp.int32), labels)
+                             - jnp.asarray(target.transpose(0, 2, 3, 1))) ** 2)
+  grads = jax.jit(jax.grad(loss))(params)
+  ours = dict(jax.tree_util.tree_leaves_with_path(grads))
+  theirs = jax.tree_util.tree_leaves_with_path(torch_grads)
+  assert len(ours) == len(theirs)
+  # A conv bias feeding a GroupNorm of one channel per group has a zero gradient (the norm
+  # removes any constant): both sides give rounding noise there, below `zero`.
+  zero = 1e-5 * max(np.abs(ref).max() for _, ref in theirs)
+  for path, ref in theirs:
+    name, scale = jax.tree_util.keystr(path), np.abs(ref).max()
+    if scale < zero:
+      assert np.abs(np.asarray(ours[path])).max() < zero, name
+    else:
+      assert np.abs(np.asarray(ours[path]) - ref).max() <= rtol * scale, name
+
+
+def test_gradients_match_torch_autograd_through_diffusers():
+  _compare_gradients(DDPM_256_SMALL_CONFIG, rtol=1e-4)
+
+
+def test_adm_gradients_match_torch_autograd_through_diffusers():
+  _compare_gradients(ADM_SMALL_CONFIG, rtol=1e-4)
+
+
 def test_ddpm_downsample_padding_is_tf_same():
   # The DDPM code's stride-2 conv uses TF 'SAME' padding, which on an even size pads 0 before
   # and 1 after (diffusers: downsample_padding=0 -> F.pad(x, (0, 1, 0, 1))); ADM pads 1 / 1.

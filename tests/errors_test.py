@@ -113,7 +113,8 @@ def test_a_config_error_returns_before_tensorflow_is_imported(tmp_path):
            f"sys.argv = ['main.py', *{args!r}]\n"
            "runpy.run_path('main.py', run_name='__main__')\n")
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(JAX_PLATFORMS="cpu")
+  # DIFFUSION_JAX_MALLOC=system: no re-exec with tcmalloc, which would replace the probe.
+  env.update(JAX_PLATFORMS="cpu", DIFFUSION_JAX_MALLOC="system")
   out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=300)
   assert out.returncode == 2 and "config.training.batch_size=-8" in out.stderr, out.stderr[-2000:]

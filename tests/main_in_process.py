@@ -20,8 +20,8 @@ def run_main(*args: str, config: str = "tiny.py") -> None:
       delattr(flags.FLAGS, name)
     flags.FLAGS.unparse_flags()
     flags.FLAGS(argv)
-    # main.py adds its config's XLA flags to XLA_FLAGS: too late in this process (the backend
-    # exists), and they must not reach later tests' subprocesses.
+    # The backend exists, so main.py's xla_flags.apply leaves XLA_FLAGS alone (it warns); the
+    # patch keeps whatever main.py sets from reaching later tests' subprocesses.
     with mock.patch.dict(os.environ):
       main_py.main(["main.py"])
   finally:

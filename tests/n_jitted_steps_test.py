@@ -1,20 +1,19 @@
 """Tests of training.n_jitted_steps: k optimizer steps per dispatch (`train.make_multi_step`, a
-lax.scan inside the pmapped step) compute the k single steps, through the real loop (stacking,
-sharding, per-step metrics, resuming at a step that is not a multiple of k); and the
+lax.scan inside the pmapped step) compute the k single steps bit for bit, through the real loop
+(stacking, sharding, per-step metrics, resuming at a step that is not a multiple of k); and the
 validator's errors.
 
-Not bit for bit on XLA:CPU: there the scan is unrolled (a rolled loop body would get no Eigen
-convolutions: XLA:CPU's ConvCanonicalization pass visits only the entry computation), and XLA
-fuses, hence contracts a * b + c into FMAs, differently in one program of k steps than in k
-programs of one (optimization barriers between the steps do not change that: XLA:CPU drops them
-before fusion; the EMA and Adam's second moment differ first). After 12 tiny-config steps the
-parameters differ by < 1e-6 (one step moves them by ~1e-3), each step's metrics by < 3e-7
-relative: the k = 1 comparisons use tolerances just above that, which any wrong batch or step
-order exceeds by orders of magnitude. Runs with the same k run the same programs and are compared
-bit for bit.
+On XLA:CPU the scan is unrolled (a rolled loop body would get no Eigen convolutions: XLA:CPU's
+ConvCanonicalization pass visits only the entry computation). Without `train._fusion_barrier`
+between the unrolled steps XLA fuses, hence contracts a * b + c into FMAs, differently in one
+program of k steps than in k programs of one, and the states drift apart by float32 rounding
+(~1e-8 after 4 tiny-config steps); `test_fusion_barrier_is_what_makes_k_steps_bit_identical`
+shows both.
 
 Runs on the 8 fake CPU devices of conftest.py with configs/tiny.py.
 """
+
+from typing import NamedTuple
 
 import chex
 import jax
@@ -23,7 +22,12 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from diffusion_jax import config_validation, parallel, train
+from diffusion_jax import config_validation, experiment, parallel, train, train_state
+
+
+class ToyState(NamedTuple):
+  step: jnp.ndarray
+  w: jnp.ndarray
 
 
 @pytest.mark.parametrize("unroll", [None, False])  # CPU's default (unrolled), and rolled
@@ -31,15 +35,15 @@ def test_multi_step_scans_and_stacks_metrics(unroll):
   """A toy step with a pmean and per-step randomness: k = 3 in one call equals 3 calls."""
 
   def step(state, batch):
-    noise = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(0), state["step"]), ())
-    g = jax.lax.pmean(jnp.mean(batch["x"]) * state["w"] + noise, parallel.AXIS)
-    return {"step": state["step"] + 1, "w": state["w"] - 0.1 * g}, {"g": g}
+    noise = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(0), state.step), ())
+    g = jax.lax.pmean(jnp.mean(batch["x"]) * state.w + noise, parallel.AXIS)
+    return ToyState(state.step + 1, state.w - 0.1 * g), {"g": g}
 
   assert train.make_multi_step(step, 1) is step  # k = 1: the step itself, no scan
   mesh = parallel.make_mesh(jax.local_devices()[:2])
   single = parallel.pmap(step, mesh)
   multi = parallel.pmap(train.make_multi_step(step, 3, unroll), mesh)
-  host = {"step": np.int32(0), "w": np.float32(1.0)}
+  host = ToyState(np.int32(0), np.float32(1.0))
   batches = [{"x": np.arange(4, dtype=np.float32).reshape(2, 2) + i} for i in range(3)]
   state, gs = parallel.replicate(host, mesh), []
   for b in batches:
@@ -94,29 +98,16 @@ def _steps(calls) -> dict:
   return {s: m for _, host in calls for s, m in host}
 
 
-def _assert_close(state, expected):
-  """k = 4 against k = 1: equal up to float32 rounding (see the module docstring)."""
-  assert int(state.step) == int(expected.step)
-  assert int(state.opt_state[1][0].count) == int(expected.opt_state[1][0].count)  # Adam's
-  chex.assert_trees_all_close(state.params, expected.params, rtol=1e-5, atol=2e-6)
-  chex.assert_trees_all_close(state.ema_params, expected.ema_params, rtol=1e-5, atol=2e-6)
-  chex.assert_trees_all_close(state.opt_state, expected.opt_state, rtol=1e-5, atol=1e-7)
-
-
-def _assert_metrics_close(metrics, expected):
-  assert sorted(metrics) == sorted(expected)
-  for s in expected:
-    assert sorted(metrics[s]) == sorted(expected[s])
-    np.testing.assert_allclose([metrics[s][k] for k in sorted(metrics[s])],
-                               [expected[s][k] for k in sorted(metrics[s])], rtol=1e-6,
-                               err_msg=f"step {s}")
+def _assert_equal(state, expected):
+  assert int(state.opt_state[1][0].count) == int(state.step)  # Adam's count follows the steps
+  chex.assert_trees_all_equal(state, expected)
 
 
 @pytest.mark.slow
-def test_four_steps_per_dispatch_match_single_steps(tmp_path, spy):
-  """12 steps with dropout through the real loop: k = 4 against k = 1 (to rounding), a k = 4
-  run resumed at step 4 against an uninterrupted one (bit for bit), and a k = 1 run to step 6
-  resumed with k = 4 (single steps 7, 8, then 4 at a time) against k = 1 (to rounding)."""
+def test_four_steps_per_dispatch_equal_single_steps(tmp_path, spy):
+  """12 steps with dropout through the real loop, all bit for bit: k = 4 against k = 1, a
+  k = 4 run resumed at step 4 against an uninterrupted one, and a k = 1 run to step 6 resumed
+  with k = 4 (single steps 7, 8, then 4 at a time) against k = 1."""
   single = train.train_and_evaluate(_config(12, 1), str(tmp_path / "k1"))
   single_metrics = _steps(spy)
   assert [p for p, _ in spy] == [[(s - 3 + j, 0) for j in range(4)] for s in (4, 8, 12)]
@@ -124,17 +115,16 @@ def test_four_steps_per_dispatch_match_single_steps(tmp_path, spy):
 
   multi = train.train_and_evaluate(_config(12, 4), str(tmp_path / "k4"))
   assert [p for p, _ in spy] == [[(4, 1)], [(8, 1)], [(12, 1)]]  # one stacked entry a dispatch
-  multi_metrics = _steps(spy)
-  _assert_metrics_close(multi_metrics, single_metrics)  # each step's own loss, grad norm, lr
-  _assert_close(multi, single)
-  assert int(multi.opt_state[1][0].count) == 12
+  assert _steps(spy) == single_metrics  # each step's own loss, grad norm, lr
+  _assert_equal(multi, single)
+  assert int(multi.step) == 12
   spy.clear()
 
   workdir = str(tmp_path / "k4_resumed")
   train.train_and_evaluate(_config(4, 4), workdir)
   resumed = train.train_and_evaluate(_config(12, 4), workdir)
-  assert _steps(spy) == multi_metrics
-  chex.assert_trees_all_equal(resumed, multi)  # the same programs: bit for bit
+  assert _steps(spy) == single_metrics  # steps 1-4, then 5-12 after the resume
+  _assert_equal(resumed, single)
   spy.clear()
 
   workdir = str(tmp_path / "k1_then_k4")
@@ -142,8 +132,46 @@ def test_four_steps_per_dispatch_match_single_steps(tmp_path, spy):
   spy.clear()
   aligned = train.train_and_evaluate(_config(12, 4), workdir)
   assert [p for p, _ in spy] == [[(7, 0), (8, 0)], [(12, 1)]]
-  _assert_metrics_close(_steps(spy), {s: single_metrics[s] for s in range(7, 13)})
-  _assert_close(aligned, single)
+  assert _steps(spy) == {s: single_metrics[s] for s in range(7, 13)}
+  _assert_equal(aligned, single)
+
+
+def test_fusion_barrier_is_what_makes_k_steps_bit_identical(monkeypatch):
+  """Four tiny-config steps with dropout on 8 devices: one dispatch of k = 4 equals four
+  single steps bit for bit; without the barrier between the unrolled steps it does not (so the
+  test above can fail), though it agrees to float32 rounding."""
+  config = _config(4, 4)
+  mesh = parallel.make_mesh()
+  model, diffusion_ = experiment.create_model(config), experiment.create_diffusion(config)
+  tx = train_state.make_optimizer(config)
+  host = jax.device_get(experiment.init_train_state(config, model, tx))
+  step = train.make_train_step(config, model, diffusion_, tx)
+  layout = parallel.batch_layout(config.training.batch_size, mesh)
+  rng = np.random.default_rng(0)
+  size, ch = config.data.image_size, config.data.num_channels
+  batches = [{"image": rng.uniform(-1, 1, (layout.local_devices, layout.per_device, size, size,
+                                            ch)).astype(np.float32),
+              "label": np.zeros((layout.local_devices, layout.per_device), np.int32)}
+             for _ in range(4)]
+  single = train.pmap_train_step(step, mesh)
+  expected = parallel.replicate(host, mesh)
+  for batch in batches:
+    expected, _ = single(expected, parallel.shard(batch, mesh))
+  expected = parallel.unreplicate(expected)
+
+  def four_in_one():
+    multi = train.pmap_train_step(train.make_multi_step(step, 4), mesh)
+    state, _ = multi(parallel.replicate(host, mesh),
+                     parallel.shard(train.stack_batches(batches), mesh))
+    return parallel.unreplicate(state)
+
+  chex.assert_trees_all_equal(four_in_one(), expected)
+  monkeypatch.setattr(train, "_fusion_barrier", lambda state: state)
+  fused = four_in_one()
+  differ = [a for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(expected))
+            if not np.array_equal(a, b)]
+  assert len(differ) > len(jax.tree.leaves(expected)) // 2
+  chex.assert_trees_all_close(fused, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("field,value,match", [

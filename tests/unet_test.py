@@ -3,6 +3,7 @@
 Numerical equivalence with diffusers' UNet2DModel (layer by layer) lives in convert_test.py.
 """
 
+import functools
 import itertools
 
 import flax.linen as nn
@@ -309,6 +310,35 @@ def test_gradients_reach_every_parameter():
   zero = [jax.tree_util.keystr(p) for p, g in jax.tree_util.tree_leaves_with_path(grads)
           if not np.any(np.asarray(g))]
   assert not zero, zero
+
+
+@pytest.mark.parametrize("scale_shift", [False, True])
+def test_remat_computes_the_same_with_the_same_parameters(scale_shift):
+  """remat=True recomputes the residual blocks in the backward pass: same parameter tree, same
+  output and gradients (with per-example dropout), and the gradient's program runs every block's
+  first convolution twice (the second one's output is not needed backwards). (XLA:CPU drops the barriers that keep the recomputation apart and merges
+  it back, so the memory saved shows on accelerators only: `python -m bench.gpu --remat`.)"""
+  x, t = _tiny_inputs()
+  plain = _tiny(dropout=0.1, use_scale_shift_norm=scale_shift)
+  remat = plain.clone(remat=True)
+  params = _random_params(plain, x, t)
+  assert (jax.tree.map(jnp.shape, _init_shapes(remat, x.shape[1], x.shape[-1]))
+          == jax.tree.map(jnp.shape, params))
+  keys = jax.random.split(jax.random.PRNGKey(3), x.shape[0])
+
+  def loss(model, p):
+    return jnp.mean((model.apply({"params": p}, x, t, train=True, dropout_keys=keys) - x) ** 2)
+
+  grad = {m.remat: jax.jit(jax.value_and_grad(functools.partial(loss, m))) for m in (plain, remat)}
+  (loss_plain, g_plain), (loss_remat, g_remat) = grad[False](params), grad[True](params)
+  np.testing.assert_allclose(loss_remat, loss_plain, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g_remat,
+               g_plain)
+  convs = {k: str(jax.make_jaxpr(g)(params)).count("conv_general_dilated") for k, g in grad.items()}
+  forward = str(jax.make_jaxpr(lambda p: plain.apply({"params": p}, x, t))(params))
+  blocks = sum("conv1" in block for block in params.values())
+  assert convs[True] == convs[False] + blocks, (convs, blocks)
+  assert forward.count("conv_general_dilated") < convs[False]
 
 
 # --------------------------------------------------------------------------------- validation

@@ -40,7 +40,7 @@ class NoisyClassifier(nn.Module):
     Every other field means what it means on `models.UNet` (ch, ch_mult, num_res_blocks,
     attn_resolutions, dropout, resamp_with_conv, num_heads, num_head_channels, resblock_updown,
     use_scale_shift_norm, skip_rescale, dtype, temb_convention, norm_groups, norm_eps,
-    downsample_padding); the defaults here are ADM's classifier's.
+    downsample_padding, remat); the defaults here are ADM's classifier's.
   """
   num_classes: int = 1000
   ch: int = 128
@@ -60,6 +60,7 @@ class NoisyClassifier(nn.Module):
   norm_groups: int = 32
   norm_eps: float = 1e-5
   downsample_padding: int = 1
+  remat: bool = False
 
   def __post_init__(self):
     unet.freeze_sequences(self)
@@ -84,7 +85,7 @@ class NoisyClassifier(nn.Module):
       raise ValueError(f"num_classes={self.num_classes}: a classifier needs at least 2 classes.")
     dtype = jnp.dtype(self.dtype)
     h, _ = unet.encoder(self, x, unet.time_embedding(self, t), train)
-    h = nn.swish(layers.GroupNorm(self.norm_groups, self.norm_eps, dtype, name="norm_out")(h))
+    h = layers.GroupNorm(self.norm_groups, self.norm_eps, dtype, name="norm_out")(h, swish=True)
     if self.pool == "attention":
       logits = layers.AttentionPool(self.num_classes, unet.attention_heads(self, h.shape[-1]),
                                     dtype=dtype, name="pool")(h)

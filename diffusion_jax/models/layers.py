@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax.models import ops
+
 Array = jax.Array
 Dtype = Any
 
@@ -86,42 +88,74 @@ def timestep_embedding(
 
 
 class GroupNorm(nn.Module):
-  """GroupNorm computed in float32 (two-pass variance), result cast to `dtype`."""
+  """GroupNorm computed in float32 (`ops.group_norm`), result cast to `dtype`; `swish=True`
+  fuses the activation that follows it."""
   num_groups: int = 32
   epsilon: float = 1e-6
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, swish: bool = False) -> Array:
     channels = x.shape[-1]
     if channels % self.num_groups:
       raise ValueError(
           f"GroupNorm: {channels} channels are not divisible by norm_groups={self.num_groups}; "
           "choose ch (times every ch_mult) as a multiple of norm_groups.")
-    b, h, w, _ = x.shape
-    g = x.astype(jnp.float32).reshape(b, h, w, self.num_groups, channels // self.num_groups)
-    mean = g.mean(axis=(1, 2, 4), keepdims=True)
-    var = jnp.square(g - mean).mean(axis=(1, 2, 4), keepdims=True)  # two-pass: no cancellation
-    y = ((g - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(b, h, w, channels)
     scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
-    y = y * scale + bias
+    y = ops.group_norm(x, scale, bias, num_groups=self.num_groups, epsilon=self.epsilon,
+                       swish=swish)
     return y.astype(self.dtype)
 
 
+class Conv(nn.Module):
+  """A k x k convolution of NHWC images, kernel [k, k, I, O] and bias [O] (nn.Conv's names and
+  shapes), float32 parameters, `dtype` compute; the bias gradient is `ops.add_bias`'s."""
+  features: int
+  kernel: int = 3
+  stride: int = 1
+  padding: Any = "SAME"
+  init_scale: float = 1.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    shape = (self.kernel, self.kernel, x.shape[-1], self.features)
+    kernel = self.param("kernel", default_init(self.init_scale), shape, jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel.astype(self.dtype), (self.stride, self.stride),
+        self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return ops.add_bias(y, bias)
+
+
+class Dense(nn.Module):
+  """x [..., I] @ kernel [I, O] + bias [O] (nn.Dense's names and shapes), float32 parameters,
+  `dtype` compute; the bias gradient is `ops.add_bias`'s."""
+  features: int
+  init_scale: float = 1.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    shape = (x.shape[-1], self.features)
+    kernel = self.param("kernel", default_init(self.init_scale), shape, jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            (((x.ndim - 1,), (0,)), ((), ())))
+    return ops.add_bias(y, bias)
+
+
 def conv(features: int, *, kernel: int = 3, stride: int = 1, padding: Any = "SAME",
-          init_scale: float = 1.0, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Conv:
+         init_scale: float = 1.0, dtype: Dtype = jnp.float32, name: str | None = None) -> Conv:
   """A kxk conv with DDPM init, float32 params and `dtype` compute (NHWC, kernel [k, k, I, O])."""
-  return nn.Conv(
-      features, (kernel, kernel), strides=(stride, stride), padding=padding,
-      kernel_init=default_init(init_scale), dtype=dtype, param_dtype=jnp.float32, name=name)
+  return Conv(features, kernel, stride, padding, init_scale, dtype, name=name)
 
 
 def dense(features: int, *, init_scale: float = 1.0, dtype: Dtype = jnp.float32,
-           name: str | None = None) -> nn.Dense:
+          name: str | None = None) -> Dense:
   """A Dense (also the 1x1 "NIN" layers) with DDPM init, float32 params, `dtype` compute."""
-  return nn.Dense(features, kernel_init=default_init(init_scale), dtype=dtype,
-                  param_dtype=jnp.float32, name=name)
+  return Dense(features, init_scale, dtype, name=name)
 
 
 def upsample_nearest(x: Array) -> Array:
@@ -214,7 +248,7 @@ class ResBlock(nn.Module):
   def __call__(self, x: Array, temb: Array, train: bool = False,
                dropout_keys: Optional[Array] = None) -> Array:
     norm = lambda name: GroupNorm(self.norm_groups, self.norm_eps, self.dtype, name=name)
-    h = nn.swish(norm("norm1")(x))
+    h = norm("norm1")(x, swish=True)
     if self.up:
       h, x = upsample_nearest(h), upsample_nearest(x)
     elif self.down:
@@ -222,13 +256,12 @@ class ResBlock(nn.Module):
     h = conv(self.out_ch, dtype=self.dtype, name="conv1")(h)
 
     emb_ch = 2 * self.out_ch if self.use_scale_shift_norm else self.out_ch
-    emb = dense(emb_ch, dtype=self.dtype, name="temb_proj")(nn.swish(temb))[:, None, None, :]
+    emb = dense(emb_ch, dtype=self.dtype, name="temb_proj")(nn.swish(temb))  # [B, emb_ch]
     if self.use_scale_shift_norm:
       scale, shift = jnp.split(emb, 2, axis=-1)
-      h = norm("norm2")(h) * (1 + scale) + shift
+      h = nn.swish(ops.scale_shift(norm("norm2")(h), scale, shift))
     else:
-      h = norm("norm2")(h + emb)
-    h = nn.swish(h)
+      h = norm("norm2")(ops.add_bias(h, emb), swish=True)
     if train and self.dropout > 0:
       h = example_dropout(self, h, self.dropout, dropout_keys)
     h = conv(self.out_ch, init_scale=0.0, dtype=self.dtype, name="conv2")(h)
