@@ -70,26 +70,12 @@ def run_torch(batch: int, steps: int, threads: int) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
   from bench import peers  # pylint: disable=g-import-not-at-top
-  from diffusion_jax import schedules  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(threads)
   torch.manual_seed(0)
-  config = peers.config("digits")
-  tcfg = config.training
   images = datasets.load_digits().images.astype(np.float32)  # [N, 8, 8], values 0..16
   data = torch.from_numpy(images / 8.0 - 1.0)[:, None]  # [-1, 1], NCHW
-  model = peers.diffusers_unet(config)
-  model.train()
-  params = list(model.parameters())
-  ema = [p.detach().clone() for p in params]
-  opt = torch.optim.Adam(params, lr=tcfg.learning_rate, betas=(tcfg.adam_b1, tcfg.adam_b2),
-                         eps=tcfg.adam_eps)
-  warmup = torch.optim.lr_scheduler.LambdaLR(
-      opt, lambda s: min(1.0, (s + 1) / max(1, tcfg.warmup_steps)))
-  abar = np.cumprod(1 - schedules.get_beta_schedule(config.diffusion.beta_schedule,
-                                                    config.diffusion.num_timesteps))
-  sqrt_abar = torch.tensor(np.sqrt(abar), dtype=torch.float32)
-  sqrt_1m_abar = torch.tensor(np.sqrt(1 - abar), dtype=torch.float32)
+  train = peers.torch_train_step(peers.config("digits"), warmup=True)
   rng = np.random.default_rng(0)
   order, cursor = rng.permutation(len(data)), 0
   marks = {}
@@ -98,22 +84,14 @@ def run_torch(batch: int, steps: int, threads: int) -> dict:
       order, cursor = rng.permutation(len(data)), 0
     x0 = data[torch.from_numpy(order[cursor:cursor + batch])]
     cursor += batch
-    t = torch.randint(0, config.diffusion.num_timesteps, (batch,))
-    noise = torch.randn_like(x0)
-    x_t = sqrt_abar[t].view(-1, 1, 1, 1) * x0 + sqrt_1m_abar[t].view(-1, 1, 1, 1) * noise
-    loss = torch.mean((model(x_t, t).sample - noise) ** 2)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
-    opt.step()
-    warmup.step()
-    with torch.no_grad():
-      torch._foreach_lerp_(ema, params, 1.0 - tcfg.ema_decay)
+    loss = train(x0)
     if step % LOG_EVERY == 0:
       print(f"step {step} loss {float(loss.detach()):.4f}", flush=True)  # a host sync, as ours
       marks[step] = time.perf_counter()
   with tempfile.TemporaryDirectory() as workdir:
-    torch.save({"params": model.state_dict(), "ema": ema, "opt": opt.state_dict()},
+    state = train.state
+    torch.save({"params": state["model"].state_dict(), "ema": state["ema"],
+                "opt": state["opt"].state_dict()},
                os.path.join(workdir, "checkpoint.pt"))
   timed = steps - LOG_EVERY
   return {"steps_per_s": timed / (marks[steps] - marks[LOG_EVERY]),

@@ -88,40 +88,18 @@ def run_jax(name: str, batch: int, steps: int, windows: int, n_jitted_steps: int
 
 
 def run_torch(name: str, batch: int, steps: int, windows: int, threads: int) -> dict:
-  import numpy as np
   import torch
   from bench import peers
-  from diffusion_jax import schedules
 
   torch.set_num_threads(threads)
   config = peers.config(name)
   size, ch = config.data.image_size, config.data.num_channels
-  model = peers.diffusers_unet(config)
-  model.train()
-  params = list(model.parameters())
-  ema = [p.detach().clone() for p in params]
-  tcfg = config.training
-  opt = torch.optim.Adam(params, lr=tcfg.learning_rate, betas=(tcfg.adam_b1, tcfg.adam_b2),
-                         eps=tcfg.adam_eps)
-  abar = np.cumprod(1 - schedules.get_beta_schedule(config.diffusion.beta_schedule,
-                                                    config.diffusion.num_timesteps))
-  sqrt_abar = torch.tensor(np.sqrt(abar), dtype=torch.float32)
-  sqrt_1m_abar = torch.tensor(np.sqrt(1 - abar), dtype=torch.float32)
+  train = peers.torch_train_step(config)
   x0 = torch.rand(batch, ch, size, size) * 2 - 1
   holder = {}
 
   def step():
-    t = torch.randint(0, config.diffusion.num_timesteps, (batch,))
-    noise = torch.randn_like(x0)
-    x_t = sqrt_abar[t].view(-1, 1, 1, 1) * x0 + sqrt_1m_abar[t].view(-1, 1, 1, 1) * noise
-    loss = torch.mean((model(x_t, t).sample - noise) ** 2)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
-    opt.step()
-    with torch.no_grad():
-      torch._foreach_lerp_(ema, params, 1.0 - tcfg.ema_decay)
-    holder["loss"] = loss
+    holder["loss"] = train(x0)
 
   start = time.perf_counter()
   step()
