@@ -141,8 +141,11 @@ class Dense(nn.Module):
     shape = (x.shape[-1], self.features)
     kernel = self.param("kernel", default_init(self.init_scale), shape, jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                            (((x.ndim - 1,), (0,)), ((), ())))
+    # As one [rows, I] @ [I, O] product: the kernel gradient is then a 2-D product contracting
+    # the rows, which XLA:CPU runs in place; contracting N, H, W of a 4-D input it transposed
+    # both operands first.
+    rows = x.reshape(-1, x.shape[-1]).astype(self.dtype)
+    y = jnp.dot(rows, kernel.astype(self.dtype)).reshape(*x.shape[:-1], self.features)
     return ops.add_bias(y, bias)
 
 
