@@ -5,13 +5,15 @@
   python -m bench.train_step --configs=digits --batch=128 --n_jitted_steps=4 [--rolled]
   python -m bench.train_step --configs=digits --xla_cpu_ynnpack=on   # jaxlib's CPU default
   python -m bench.train_step --malloc=tcmalloc        # both sides on tcmalloc (diffusion_jax.malloc)
+  python -m bench.train_step --configs=digits --batch=128 --threads=1   # one thread each
 
 Ours: `train.make_train_step` (U-Net forward/backward, L_simple, pmean, global-norm clipping,
 Adam with warmup, EMA) pmapped over one CPU device. Peer: diffusers' `UNet2DModel` with the same
 layout (`bench.peers`), the same loss on q_sample'd inputs, clip_grad_norm_,
 torch.optim.Adam and an EMA update. Both see one fixed in-memory batch (no input pipeline) and
-use the machine's cores (torch: --torch_threads). Ours compiles with the config's XLA flags
-(`diffusion_jax.xla_flags`), as `main.py` does.
+use the machine's cores, or --threads threads each (torch.set_num_threads; for ours XLA:CPU's
+PJRT_NPROC, the size of its thread pools: 1 runs every operation on the calling thread). Ours
+compiles with the config's XLA flags (`diffusion_jax.xla_flags`), as `main.py` does.
 
 Each framework runs in its own subprocess (so its peak RSS is its own), alternating
 ours / peer for --rounds rounds so that load from other processes hits both alike; a round
@@ -140,6 +142,9 @@ def _spawn(framework: str, name: str, batch: int, args) -> dict:
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   env.pop("XLA_FLAGS", None)  # one CPU device and the config's flags, as `python main.py` sees
   env.pop("LD_PRELOAD", None)
+  env.pop("PJRT_NPROC", None)
+  if args.threads:
+    env["PJRT_NPROC"] = str(args.threads)  # XLA:CPU's thread-pool size (jaxlib 0.10)
   if args.malloc == "tcmalloc":
     env["LD_PRELOAD"] = _tcmalloc()
   return common.run_worker(
@@ -147,7 +152,7 @@ def _spawn(framework: str, name: str, batch: int, args) -> dict:
        f"--steps={args.steps}", f"--windows={args.windows}",
        f"--n_jitted_steps={args.n_jitted_steps}", *(["--rolled"] if args.rolled else []),
        f"--xla_cpu_ynnpack={args.xla_cpu_ynnpack}",
-       f"--torch_threads={args.torch_threads}"], env, what=f"{framework} worker")
+       f"--torch_threads={args.threads or args.torch_threads}"], env, what=f"{framework} worker")
 
 
 def _tcmalloc() -> str:
@@ -167,6 +172,9 @@ def main() -> None:
   parser.add_argument("--windows", type=int, default=3)
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--torch_threads", type=int, default=os.cpu_count() or 1)
+  parser.add_argument("--threads", type=int, default=0,
+                      help="both sides on this many threads (0: torch --torch_threads, ours all "
+                      "cores)")
   parser.add_argument("--n_jitted_steps", type=int, default=1,
                       help="ours: steps per dispatch (train.make_multi_step); timed per step")
   parser.add_argument("--rolled", action="store_true",
@@ -197,7 +205,8 @@ def main() -> None:
           best[framework] = r
     rows.append((name, batch, best["jax"], best["torch"]))
 
-  print(f"\nmalloc: {args.malloc}; runtime RSS (imports + a tiny computation): "
+  threads = args.threads or f"torch {args.torch_threads}, ours all cores"
+  print(f"\nmalloc: {args.malloc}; threads: {threads}; runtime RSS (imports + a tiny computation): "
         f"jax {runtime['jax']:.0f} MB, torch {runtime['torch']:.0f} MB")
   print(f"{'config':8} {'batch':>5} {'impl':24} {'steps/s':>8} {'img/s':>8} {'CPU ms/step':>11} "
         f"{'peak RSS MB':>11} {'RSS - runtime':>13} {'1st step s':>10} {'ours/peer':>9}")
