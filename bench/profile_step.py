@@ -3,6 +3,7 @@
   python -m bench.profile_step --config=digits --batch=128
   python -m bench.profile_step --config=cifar10 --batch=8 --steps=3
   python -m bench.profile_step --config=digits --batch=128 --xla_cpu_ynnpack=on
+  python -m bench.profile_step --config=digits --batch=128 --threads=1   # all work in the spans
 
 Traces --steps calls of the pmapped train step of `bench/train_step.py` (one CPU device, the
 config's XLA flags, after a warm-up), sums the duration of every XLA:CPU thunk (a fused loop, a
@@ -10,7 +11,8 @@ library call, a copy) over all threads, and prints CPU ms per step by kind of op
 thunk's name tells it, then the --top single operations with the JAX operation they came from
 (the compiled HLO's op_name). A thunk's span is the time of the thread that ran it: the tasks
 Eigen hands to its other threads and the thread pools' spin-waiting are outside every span, so
-the "thunks" total is well below the process CPU time.
+the "thunks" total is well below the process CPU time. With --threads=1 (XLA:CPU's PJRT_NPROC)
+every operation runs on the calling thread, so the spans hold all of the step's work.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
+import os
 import re
 import tempfile
 import time
@@ -93,7 +96,11 @@ def main() -> None:
   parser.add_argument("--top", type=int, default=12)
   parser.add_argument("--xla_cpu_ynnpack", choices=common.YNNPACK_CHOICES, default="config",
                       help="XLA:CPU's YNNPACK fusions as the config sets them, or on / off")
+  parser.add_argument("--threads", type=int, default=0,
+                      help="XLA:CPU's thread-pool size (PJRT_NPROC); 0: all cores")
   args = parser.parse_args()
+  if args.threads:
+    os.environ["PJRT_NPROC"] = str(args.threads)  # read when JAX creates its CPU backend
 
   from bench import peers  # pylint: disable=g-import-not-at-top
   config = peers.config(args.config)
@@ -126,7 +133,8 @@ def main() -> None:
   by_kind = collections.Counter()
   for name, ns in times.items():
     by_kind[kind_of(name)] += ns
-  print(f"{args.config} batch {args.batch}, YNNPACK {'on' if config.xla_cpu_ynnpack else 'off'}: "
+  print(f"{args.config} batch {args.batch}, YNNPACK {'on' if config.xla_cpu_ynnpack else 'off'}, "
+        f"threads {args.threads or 'all'}: "
         f"{wall / args.steps * 1e3:.1f} ms wall, {cpu / args.steps * 1e3:.1f} ms process CPU per "
         f"step (traced), {per_step(total):.1f} ms in {len(times)} thunks, all threads\n")
   print(f"| {'kind of operation':44} | CPU ms / step | share |")

@@ -4,7 +4,7 @@
 
 Expect: 2500 steps, TensorBoard logs and checkpoints in the workdir, recognizable digits in
 eval/digits_2500_ddim-*/samples.png, and a final line "digits Frechet distance (step 2500, 1000
-samples): ..." (measured here: 17.0 in 191 s on 2 cores; an earlier version scored 9.6 with
+samples): ..." (measured here: 17.0 in 160 s on 2 cores; an earlier version scored 9.6 with
 --config.seed=1; 50 DDIM steps, EMA params; real test digits against 1000 real training digits
 score about 4 on this metric).
 """

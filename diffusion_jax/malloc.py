@@ -5,8 +5,8 @@ execution ends: 82 MB per train step of the digits model at batch 128, about 640
 CIFAR-10 model at batch 8. glibc's malloc serves blocks that large with mmap and returns them
 with munmap, so each step faults its buffer's pages in afresh (20,000 minor faults and ~35 ms of
 kernel time per digits step on 2 cores). tcmalloc keeps freed memory for the next request.
-Measured on the same machine, tcmalloc made the digits train step at batch 128 about 18% faster
-(9.17 against 7.78 steps/s; torch's gained as much), `python -m bench.train_step --configs=digits
+Measured on the same machine, tcmalloc made the digits train step at batch 128 about 20% faster
+(10.48 against 8.70 steps/s; torch's gained as much), `python -m bench.train_step --configs=digits
 --batch=128 --malloc=tcmalloc` against `--malloc=system` (README).
 
 An allocator can only be swapped when a process starts (LD_PRELOAD), so `main.py` replaces

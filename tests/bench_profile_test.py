@@ -47,9 +47,9 @@ def test_kinds_and_op_names():
 def test_tiny_profile_prints_a_table_that_adds_up():
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   out = subprocess.run([sys.executable, "-m", "bench.profile_step", "--config=tiny",
-                        "--batch=16", "--steps=2", "--top=3"], cwd=ROOT, env=env,
+                        "--batch=16", "--steps=2", "--top=3", "--threads=1"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600, check=True).stdout
-  assert "tiny batch 16, YNNPACK off:" in out, out
+  assert "tiny batch 16, YNNPACK off, threads 1:" in out, out
   rows = dict(re.findall(r"^\| ([^|]+?) +\| ([\d.]+) \| \d+% \|$", out, re.M))
   assert "convolution (Eigen)" in rows and "YNNPACK fusion (conv / dot + elementwise)" not in rows
   total = float(re.search(r"([\d.]+) ms in \d+ thunks", out).group(1))
