@@ -5,7 +5,9 @@
 - Each checkpoint also stores a SHA-256 digest of the state. A checkpoint that fails to
   restore or whose digest does not match is reported, moved to `workdir/corrupted_checkpoints/`
   and the previous one is used: a damaged checkpoint is never silently trained over.
-- Only the last `keep` checkpoints are kept.
+- Only the last `keep` checkpoints are kept. An older one is first renamed into
+  `checkpoints/deleted/` (atomic) and removed from there later, so a run killed while deleting
+  it leaves no half-deleted step among the checkpoints either.
 - Inference (`restore_ema_params`) is read-only: it opens the directory without creating,
   cleaning or moving anything, reads only the EMA parameters and the step, and skips an
   unreadable checkpoint with a message, leaving it where it is for the trainer to deal with.
@@ -34,6 +36,7 @@ from diffusion_jax import errors
 PyTree = Any
 CHECKPOINT_DIR = "checkpoints"
 CORRUPTED_DIR = "corrupted_checkpoints"
+DELETED_DIR = "deleted"  # under CHECKPOINT_DIR: steps past `keep`, renamed here, then removed
 
 
 CheckpointError = errors.CheckpointError
@@ -47,9 +50,18 @@ def create_manager(workdir: str, keep: int = 3, *, cleanup_tmp_directories: bool
   (they are never restored either way).
   """
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         cleanup_tmp_directories=cleanup_tmp_directories)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
-                               options=options, item_names=("state", "meta"))
+                                         cleanup_tmp_directories=cleanup_tmp_directories,
+                                         todelete_subdir=DELETED_DIR)
+  manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+                                  options=options, item_names=("state", "meta"))
+  _remove_deleted(manager)
+  return manager
+
+
+def _remove_deleted(manager: ocp.CheckpointManager) -> None:
+  """Removes the steps orbax moved to `checkpoints/deleted/` (process 0; no save running)."""
+  if jax.process_index() == 0:
+    shutil.rmtree(os.path.join(str(manager.directory), DELETED_DIR), ignore_errors=True)
 
 
 def state_digest(state: PyTree) -> str:
@@ -73,13 +85,16 @@ def save(manager: ocp.CheckpointManager, step: int, state: PyTree) -> None:
   state_dict = jax.tree.map(np.asarray, flax.serialization.to_state_dict(state))
   meta = {"step": int(step), "sha256": state_digest(state_dict),
           "sha256_ema_params": state_digest(state_dict["ema_params"]), "time": time.time()}
+  manager.wait_until_finished()  # as manager.save would; then no rename into deleted/ is running
+  _remove_deleted(manager)
   manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state_dict),
                                                   meta=ocp.args.JsonSave(meta)), force=True)
 
 
 def wait(manager: ocp.CheckpointManager) -> None:
-  """Blocks until pending asynchronous saves are on disk."""
+  """Blocks until pending asynchronous saves are on disk (and removes deleted steps)."""
   manager.wait_until_finished()
+  _remove_deleted(manager)
 
 
 def restore_step(manager: ocp.CheckpointManager, template: PyTree, step: int) -> PyTree:

@@ -63,6 +63,34 @@ def test_keeps_last_n(tmp_path):
   assert sorted(d for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == ["3", "4"]
 
 
+def test_old_checkpoints_are_renamed_aside_before_they_are_removed(tmp_path):
+  # orbax deletes a step past `keep` file by file: killed midway, that left a step directory with
+  # only some of its items among the checkpoints (seen in tests/soak_test.py). Renamed into
+  # checkpoints/deleted/ first, it leaves the list of steps in one move.
+  manager = checkpointing.create_manager(str(tmp_path), keep=2)
+  for step in (1, 2, 3):
+    checkpointing.save(manager, step, _state(step))
+  manager.wait_until_finished()  # orbax's wait only: step 1 was moved aside, not yet removed
+  checkpoints = tmp_path / "checkpoints"
+  assert sorted(os.listdir(checkpoints / checkpointing.DELETED_DIR)) == ["1"]
+  assert sorted(d for d in os.listdir(checkpoints) if d.isdigit()) == ["2", "3"]
+  checkpointing.wait(manager)  # ours also removes what was moved aside
+  assert not os.path.exists(checkpoints / checkpointing.DELETED_DIR)
+  manager.close()
+
+
+def test_a_half_removed_old_checkpoint_is_never_listed_and_is_cleaned_up(tmp_path):
+  states = _save(tmp_path, [2])
+  # A run killed while removing a moved-aside step: part of it is still in deleted/.
+  leftover = tmp_path / "checkpoints" / checkpointing.DELETED_DIR / "1" / "state"
+  os.makedirs(leftover)
+  restored, step = _restore_latest(tmp_path, _state(0))  # create_manager cleans up
+  assert step == 2
+  chex.assert_trees_all_equal(restored, states[2])
+  assert not os.path.exists(tmp_path / "checkpoints" / checkpointing.DELETED_DIR)
+  assert checkpointing.latest_step(str(tmp_path)) == 2
+
+
 def test_half_written_checkpoint_is_ignored(tmp_path):
   states = _save(tmp_path, [2])
   # What a run killed during a save leaves behind: orbax's temporary directory.

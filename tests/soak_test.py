@@ -1,7 +1,7 @@
 """Reliability soak: 20 SIGKILLs at random moments, a SIGTERM, then a corrupted newest checkpoint.
 
-`python main.py` on configs/tiny.py (dropout on, checkpoints every 4 steps, so kills land during
-steps and during checkpoint writes) is killed with SIGKILL 20 times, each time at a random moment
+`python main.py` on configs/tiny.py (dropout on, checkpoints every 4 steps and 3 kept, so kills
+land during steps, checkpoint writes and deletions of old checkpoints) is killed with SIGKILL 20 times, each time at a random moment
 after it saved a checkpoint of its own, and rerun with the same command; then it is preempted
 with SIGTERM (it must save and exit 0), its newest checkpoint is damaged, and it is rerun to the
 end. After every kill each checkpoint on disk must be readable and match its digest; in the end
