@@ -83,8 +83,8 @@ def divergence_fn(fn: Callable[[jnp.ndarray], jnp.ndarray], *, estimator: Estima
     raise ValueError("estimator='hutchinson' needs probes (see draw_probes).")
 
   def div(x):
-    y, vjp = jax.vjp(fn, x)
-    vjp = lambda v, vjp=vjp: vjp(v)[0]
+    y, pullback = jax.vjp(fn, x)
+    vjp = lambda v: pullback(v)[0]  # v^T (dF/dx)
     if estimator == "hutchinson":
       vj = jax.vmap(vjp)(probes)                                              # [K, B, ...]
       return y, jnp.mean(jax.vmap(_sum_per_example)(probes * vj), axis=0)

@@ -8,8 +8,8 @@ XLA_FLAGS) before the first computation. A flag already in XLA_FLAGS is left as 
 (jaxlib 0.10's default for convolutions, dots and the elementwise ops around them), so that XLA's
 own fused loops and Eigen's convolutions run instead: on 2 cores the train step was faster
 without YNNPACK for the digits model (1.38x at batch 128) and for the CIFAR-10 model (1.31x at
-batch 8: 0.59 against 0.45 steps/s; 0.73 against 0.49 in a later session), `python -m bench.train_step --xla_cpu_ynnpack=on|off`
-(README). True keeps jaxlib's choice. The flag is XLA:CPU's only.
+batch 8: 0.59 against 0.45 steps/s; 0.73 against 0.49 in a later session),
+`python -m bench.train_step --xla_cpu_ynnpack=on|off` (README). True keeps jaxlib's choice. The flag is XLA:CPU's only.
 """
 
 from __future__ import annotations
